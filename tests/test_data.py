@@ -312,3 +312,11 @@ def test_dataloader_workers_match():
     for xa, xb in zip(sum(a, []), sum(b, [])):
         assert xa["prompt"] == xb["prompt"] and torch.equal(xa["pixel_values"], xb["pixel_values"])
         assert torch.equal(xa["mask"], xb["mask"])
+
+
+def test_synthetic_shapes_option():
+    two = SyntheticDataset(8, shapes=2)
+    assert two.records[0]["img_name"] == two.records[1]["img_name"] != two.records[2]["img_name"]
+    assert not (two.load_mask(0) & two.load_mask(1)).any() and two.load_mask(0).any() and two.load_mask(1).any()
+    assert len({r["img_name"] for r in SyntheticDataset(4, shapes=1).records}) == 4
+    with pytest.raises(ValueError, match="shapes must be"): SyntheticDataset(3, shapes=0)
