@@ -271,6 +271,18 @@ def test_synthetic_sizes_follow_fit(tmp_path):
         evaluate_run(run, threshold=1.5)
 
 
+def test_interrupted_evaluation_is_redone(tmp_path):
+    "An evaluation killed after its first masks (marker present, no summary) is cleaned and redone, not refused."
+    from vlsm_adapter.evaluate import EVAL_MARKER
+    run = fake_run(tmp_path / "r", synthetic_n=8)
+    out = run / "eval-val-best"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "stale.png").write_bytes(b"half")
+    (out / EVAL_MARKER).write_text("x")
+    res = evaluate_run(run, split="val", progress=False)
+    assert res.summary["n"] == 2 and not (out / "masks" / "stale.png").exists() and not (out / EVAL_MARKER).exists()
+
+
 def test_main_function(tmp_path, capsys):
     run = fake_run(tmp_path / "r", synthetic_n=4)
     r = main([str(run), "--no-progress", "--out-dir", str(tmp_path / "e")])

@@ -79,8 +79,11 @@ def test_feature_cache_matches_recompute(tmp_path):
     kw = dict(QUICK, method="shallow", variant="v", max_epochs=2)
     a = fit(TrainConfig(out_dir=str(tmp_path / "a"), cache_features=False, **kw))
     b = fit(TrainConfig(out_dir=str(tmp_path / "b"), cache_features=True, **kw))
-    assert torch.allclose(torch.tensor(a.history.train_loss.values), torch.tensor(b.history.train_loss.values), atol=1e-4)
-    assert torch.allclose(torch.tensor(a.history.val_dice.values), torch.tensor(b.history.val_dice.values), atol=1e-3)
+    # the same computation up to float rounding (text features are encoded per distinct prompt, padded differently)
+    for col in ("train_loss", "val_loss"):
+        assert torch.allclose(torch.tensor(a.history[col].values), torch.tensor(b.history[col].values), atol=1e-4), col
+    # thresholded Dice moves by a few boundary pixels at most
+    assert torch.allclose(torch.tensor(a.history.val_dice.values), torch.tensor(b.history.val_dice.values), atol=0.05)
 
 
 def test_cli_options_and_errors():
@@ -103,4 +106,21 @@ def test_papermill_bad_parameter_fails_fast(tmp_path, param, value, allowed):
     nb = json.loads((tmp_path / "out.ipynb").read_text())
     errs = [i for i, c in enumerate(nb["cells"]) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     params = [i for i, c in enumerate(nb["cells"]) if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
-    assert errs and params and errs[0] == params[0] + 1, (errs, params)
+    next_code = next(i for i in range(params[0] + 1, len(nb["cells"])) if nb["cells"][i]["cell_type"] == "code")
+    assert errs and errs[0] == next_code, (errs, params)    # (papermill puts a markdown error banner in between)
+
+
+def test_quickstart_beats_trivial_predictor(tmp_path):
+    "The README's main job: tiny-pretrained + dense VL adapters on synthetic data beat the constant predictors."
+    r = fit(TrainConfig(dataset="synthetic", out_dir=str(tmp_path), max_epochs=1, synthetic_n=48, progress=False))
+    assert r.params["trainable"] == 99_840 and TrainConfig().resolved().model == "tiny-pretrained"
+    assert r.best_val_dice > max(r.trivial.values()) + 10, (r.best_val_dice, r.trivial)
+
+
+def test_resume_after_last_epoch_before_summary(tmp_path):
+    "Killed between the last checkpoint and summary.json: restarting finishes the run without training again."
+    r1 = fit(TrainConfig(out_dir=str(tmp_path), max_epochs=1, **QUICK))
+    (tmp_path / SUMMARY).unlink()
+    r2 = fit(TrainConfig(out_dir=str(tmp_path), max_epochs=1, **QUICK))
+    assert r2.resumed_from_epoch == 1 and len(r2.history) == 1 and r2.trivial == r1.trivial
+    assert json.loads((tmp_path / SUMMARY).read_text())["status"] == "finished"

@@ -17,7 +17,7 @@ from .model import METHODS, VARIANTS, ADAPTER_METHODS, check_choice
 from .data import PAPER_NAMES, SYNTHETIC, short_name
 from .train import RESUMABLE_CHANGES
 from .evaluate import paper_table, E2E_NOTE, PAPER_CITATION, EVAL_KIND
-from .utils import atomic_write_text, atomic_path
+from .utils import atomic_write_text, atomic_path, in_ipython
 
 # %% auto #0
 __all__ = ['PAPER_DATASETS', 'PAPER_SEEDS', 'BASELINES', 'PAPER_METHODS', 'RESERVED', 'TRAIN_NB', 'EVAL_NB', 'STATUS_JSON',
@@ -674,4 +674,4 @@ def estimate_cost(grid: Grid | Iterable[RunSpec], img_per_s: dict | None = None,
     return t
 
 # %% ../nbs/08_experiments.ipynb #6d66efe3
-if __name__ == "__main__" and not hasattr(sys, "ps1") and "ipykernel" not in sys.modules: sys.exit(main())
+if __name__ == "__main__" and not in_ipython(): sys.exit(main())
