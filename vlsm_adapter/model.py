@@ -21,8 +21,8 @@ from .utils import atomic_path, atomic_write_text
 # %% auto #0
 __all__ = ['METHODS', 'VARIANTS', 'ADAPTER_METHODS', 'DEFAULT_ADAPTER_DIM', 'TEXT_SHALLOW_MODES', 'ADAPTER_WEIGHTS',
            'ADAPTER_CONFIG', 'check_choice', 'base_weights_hash', 'base_fingerprint', 'VLSMAdapter', 'placement_figure',
-           'identity_check', 'one_step_check', 'save_adapter', 'read_adapter_config', 'load_adapter',
-           'load_vlsm_adapter']
+           'identity_check', 'one_step_check', 'trainable_state_dict', 'save_adapter', 'read_adapter_config',
+           'load_adapter', 'load_vlsm_adapter']
 
 # %% ../nbs/02_placement.ipynb #919cef22
 METHODS = ("shallow", "dense", "e2e", "decoder")
@@ -271,7 +271,8 @@ def one_step_check(model: VLSMAdapter, pixel_values, input_ids, attention_mask=N
                 frozen_changed=[n for n, p in named.items() if not p.requires_grad and not torch.equal(p, before[n])])
 
 # %% ../nbs/02_placement.ipynb #d33268d4
-def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    "The trainable tensors only (what an adapter file holds), on the CPU."
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 @torch.no_grad()
@@ -280,7 +281,7 @@ def save_adapter(model: VLSMAdapter, path: str | os.PathLike) -> Path:
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     cfg = model.adapter_config()
     with atomic_path(path / ADAPTER_WEIGHTS) as tmp:
-        save_file(_trainable_state(model), str(tmp), metadata={"adapter_config": json.dumps(cfg)})
+        save_file(trainable_state_dict(model), str(tmp), metadata={"adapter_config": json.dumps(cfg)})
     atomic_write_text(path / ADAPTER_CONFIG, json.dumps(cfg, indent=2))
     return path
 
