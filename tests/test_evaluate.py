@@ -36,14 +36,6 @@ needs_clinicdb = pytest.mark.skipif(CLINICDB is None, reason="shared data folder
                                     "(the real ClinicDB subset lives beside the project, never inside it)")
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    yield
-    torch.set_num_threads(old)
-
-
 def fake_run(folder: Path, best: bool = True, finished: bool = True, method: str = "dense", variant: str = "vl", **cfg) -> Path:
     "A run folder as fit() leaves it (config.json from TrainConfig, adapter folders), untrained, without training."
     from vlsm_adapter.train import TrainConfig

@@ -32,14 +32,6 @@ DATA = shared_path("data")
 CLINICDB = DATA if DATA is not None and (DATA / "clinicdb_polyp").is_dir() else None
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     "A real (tiny, one epoch) training run folder written by fit()."
