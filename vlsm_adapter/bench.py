@@ -5,13 +5,12 @@
 # %% ../nbs/09_bench.ipynb #19759a21
 from __future__ import annotations
 import argparse, json, os, platform, resource, statistics, subprocess, sys, time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .clipseg import (load_clipseg, stock_logits, encoder_layer_forward, vision_embed_inputs)
-from .model import VLSMAdapter, METHODS, VARIANTS, ADAPTER_METHODS
+from .model import VLSMAdapter, VARIANTS, ADAPTER_METHODS
 from .metrics import DiceBCELoss
 from .utils import in_test, atomic_write_text, in_ipython
 
@@ -141,7 +140,6 @@ def frozen_no_grad_gain(model: str = "random", batch: int = 2, steps: int = 5, w
             from vlsm_adapter.clipseg import conditional_embedding, decode
             acts = [ad(a) for ad, a in zip(m.vision_adapters, acts)]
             loss_fn(decode(base, acts, conditional_embedding(base, last, ids.input_ids)), target).backward()
-    base.clip.vision_model.embeddings.patch_embedding.weight.requires_grad_(False)
     t_ours = _median_time(ours, steps, warmup, device)
     t_rec = _median_time(recorded, steps, warmup, device)
     return dict(t_no_grad_s=t_ours, t_recorded_s=t_rec, speedup=t_rec / t_ours)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_clipseg.ipynb #5c346845
 from __future__ import annotations
-import functools, gzip, importlib.metadata, os, socket, warnings
+import functools, gzip, importlib.metadata, os, socket
 from pathlib import Path
 from urllib.parse import urlparse
 

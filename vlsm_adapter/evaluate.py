@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #6d188e8b
 from __future__ import annotations
-import argparse, io, json, math, os, shutil, sys, textwrap, time, warnings
+import argparse, io, json, math, os, shutil, textwrap, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

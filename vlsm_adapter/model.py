@@ -13,7 +13,7 @@ from safetensors.torch import save_file, load_file
 import matplotlib.pyplot as plt
 from transformers import CLIPSegForImageSegmentation
 
-from .adapter import Adapter, adapter_params
+from .adapter import Adapter
 from .clipseg import (load_clipseg, encoder_layer_forward, vision_embed_inputs, text_embed_inputs,
                                   conditional_embedding, eot_index, decode)
 from .utils import atomic_path, atomic_write_text

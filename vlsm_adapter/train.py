@@ -4,12 +4,10 @@
 
 # %% ../nbs/05_train.ipynb #9643c737
 from __future__ import annotations
-import argparse, dataclasses, json, math, os, platform, shutil, sys, time, warnings
-from dataclasses import dataclass, field, asdict
+import argparse, dataclasses, json, math, os, platform, shutil, time
+from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -18,7 +16,7 @@ import matplotlib.pyplot as plt
 
 from .clipseg import load_clipseg, DEFAULT_MODEL
 from .model import VLSMAdapter, METHODS, VARIANTS, ADAPTER_METHODS, check_choice, save_adapter, trainable_state_dict
-from .data import get_dataset, PromptCollator, validate, resolve_dataset, known_datasets, SYNTHETIC
+from .data import get_dataset, PromptCollator, validate, resolve_dataset, SYNTHETIC
 from .metrics import DiceBCELoss, batch_dice, batch_iou
 from .utils import atomic_path, atomic_write_text, seed_everything, in_test, in_ipython
 
@@ -97,7 +95,7 @@ class TrainConfig:
 def make_accelerator(precision: str, method: str):
     "An Accelerator for `precision` ('auto': fp16 on CUDA, no mixed precision on CPU)."
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
     cuda = torch.cuda.is_available()
     mp = ("fp16" if cuda else "no") if precision == "auto" else precision
     if mp == "fp16" and not cuda: raise ValueError("precision='fp16' needs a CUDA GPU; use 'auto', 'no' or 'bf16' on a CPU.")
