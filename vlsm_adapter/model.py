@@ -62,7 +62,7 @@ class VLSMAdapter(nn.Module):
                  method: str = "dense",                 # "shallow", "dense", "e2e" or "decoder"
                  variant: str | None = "vl",            # "v", "vl" or "vlc" (ignored by the baselines)
                  adapter_dim: int | None = None,        # d'; default 512 (shallow) or 64 (dense)
-                 cond_dim: int | None = None,           # d' of the conditioning adapter; default projection_dim // 2
+                 cond_dim: int | None = None,           # d' of C; default projection_dim // 2 (official: 256 always)
                  activation: str | None = "relu",       # ψ and σ of every adapter (official: ReLU)
                  out_activation: str | None = "same",   # σ after the up-projection ("same" as ψ, None = linear)
                  init: str = "default",                 # "default" (official) or "zero" (identity adapters)
@@ -161,6 +161,8 @@ class VLSMAdapter(nn.Module):
         assert self.features_cacheable, f"method {self.method!r} has trainable parts inside the encoders"
         with torch.no_grad():
             last, hs = self._text(input_ids, attention_mask)
+            # HF's pooler rule (first eos_token_id); the official code's argmax(input_ids) picks the same positions
+            # with CLIP's tokenizer, whose EOT has the highest id
             eot = eot_index(input_ids, self.clipseg.config.text_config.eos_token_id).to(last.device)
             rows = torch.arange(last.shape[0], device=last.device)
             return dict(cond=conditional_embedding(self.clipseg, last, input_ids),
@@ -168,10 +170,11 @@ class VLSMAdapter(nn.Module):
 
     # ---- the trainable part --------------------------------------------------------------------------------------
     def _condition(self, cond: torch.Tensor, eot_states: list[torch.Tensor] | None) -> torch.Tensor:
+        "The decoder's conditioning, in the official order: C on the projected embedding, then the shallow text adapters added."
+        if self.cond_adapter is not None: cond = self.cond_adapter(cond)
         if self.method == "shallow" and self.text_adapters is not None:
             for ad, h in zip(self.text_adapters, eot_states):
                 cond = cond + (ad(h) if self.text_shallow == "official" else ad.delta(h))
-        if self.cond_adapter is not None: cond = self.cond_adapter(cond)
         return cond
 
     def forward_features(self, image_feats: list[torch.Tensor], text_feats: dict) -> torch.Tensor:
