@@ -157,10 +157,13 @@ def test_clinicdb_prediction_is_resize_then_threshold(clinicdb_eval):
     enc = tok([it["prompt"]], padding=True, truncation=True, max_length=77, return_tensors="pt")
     with torch.no_grad():
         prob = torch.sigmoid(model(it["pixel_values"][None], enc["input_ids"], enc["attention_mask"]))[0]
-    ref = F.interpolate(prob[None, None], size=(288, 384), mode="bilinear", align_corners=False)[0, 0] > 0.5
+    up = F.interpolate(prob[None, None], size=(288, 384), mode="bilinear", align_corners=False)[0, 0]
+    ref = up > 0.5
     with Image.open(res.out_dir / row.pred_mask) as im:
         png = np.asarray(im) == 255
-    assert np.array_equal(png, ref.numpy())
+    # the PNG came from another float forward (in a batch): pixels within rounding of 0.5 may fall either way
+    sure = ((up - 0.5).abs() > 1e-5).numpy()
+    assert np.array_equal(png[sure], ref.numpy()[sure]) and sure.mean() > 0.99
     assert np.array_equal(predict_mask(prob, (288, 384)), ref.numpy())
 
 
