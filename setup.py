@@ -31,7 +31,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['vlsm_adapter', 'vlsm_adapter.*']),
     include_package_data=True,
-    package_data={'vlsm_adapter': ['assets/*.safetensors']},
+    package_data={'vlsm_adapter': ['assets/*.safetensors', 'assets/*.json']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + cfg['min_python'],

@@ -8,22 +8,26 @@ import functools, gzip, importlib.metadata, os, socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPTokenizer, AutoTokenizer
 from transformers.masking_utils import create_causal_mask
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'TINY_OUTPUT_SCALE', 'OFFLINE_MODELS', 'TINY_PRETRAINED_ASSET', 'find_clip_bpe', 'clip_tokenizer',
-           'rd64_refined_config', 'tiny_config', 'tiny_pretrained_path', 'load_clipseg', 'module_summary',
-           'stock_logits', 'grad_report', 'encoder_layer_forward', 'eot_index', 'text_embed_inputs',
-           'vision_embed_inputs', 'conditional_embedding', 'decode', 'clipseg_forward']
+__all__ = ['DEFAULT_MODEL', 'TINY_OUTPUT_SCALE', 'OFFLINE_MODELS', 'TINY_PRETRAINED_ASSET', 'TOKEN_EMBEDDING', 'STANDIN_SIZE',
+           'REFERRING_TEMPLATES', 'find_clip_bpe', 'clip_tokenizer', 'rd64_refined_config', 'tiny_config',
+           'tiny_pretrained_path', 'load_clipseg', 'module_summary', 'stock_logits', 'grad_report',
+           'encoder_layer_forward', 'eot_index', 'text_embed_inputs', 'vision_embed_inputs', 'conditional_embedding',
+           'decode', 'clipseg_forward', 'referring_prompt', 'referring_rows', 'ReferringScenes', 'grounding_scores']
 
 # %% ../nbs/01_clipseg.ipynb #3539f8ab
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
 TINY_OUTPUT_SCALE = 0.02   # the tiny model's last decoder layer is scaled by this at init (logits of order 1)
 OFFLINE_MODELS = ("random", "tiny", "tiny-pretrained")
 TINY_PRETRAINED_ASSET = "tiny_pretrained.safetensors"
+TOKEN_EMBEDDING = "clip.text_model.embeddings.token_embedding.weight"
+STANDIN_SIZE = 160          # the image side `tiny-pretrained` was pretrained at (and the generated datasets' default)
 _BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 _BPE_DISTS = ("open_clip_torch", "clip-anytorch", "clip_anytorch")
 
@@ -85,11 +89,11 @@ def _offline_help(name: str) -> str:
     return (f"Could not load {name!r}: it is not a local folder, not in the Hugging Face cache, and the hub cannot be "
             "reached from here. Offline choices: 'random' (the full rd64-refined architecture with random weights: "
             "parameter counts, benchmarks), 'tiny' (a small random CLIPSeg that trains in seconds on a CPU), "
-            "'tiny-pretrained' (the tiny model pretrained on synthetic shapes), or a "
+            "'tiny-pretrained' (the tiny model pretrained to segment the shape a prompt names), or a "
             "local folder written by `model.save_pretrained(folder)` and `tokenizer.save_pretrained(folder)`.")
 
 def tiny_pretrained_path() -> Path:
-    "The packaged weights of `tiny-pretrained` (everything but the token embedding, which is the seed-0 random one)."
+    "The packaged weights of `tiny-pretrained` (`tools/pretrain_tiny.py` writes them, and its log beside them)."
     import importlib.resources
     return Path(str(importlib.resources.files("vlsm_adapter") / "assets" / TINY_PRETRAINED_ASSET))
 
@@ -100,11 +104,16 @@ def _load_tiny_pretrained(model: CLIPSegForImageSegmentation):
         raise FileNotFoundError(f"{path} is missing: the package was installed without its assets "
                                 "(rebuild it with `python tools/pretrain_tiny.py`).")
     state = load_file(str(path))
+    # the token embedding (49,408 x 64) is stored as the rows pretraining changed; the others are the seed-0 init
+    rows, values = state.pop(TOKEN_EMBEDDING + ".rows", None), state.pop(TOKEN_EMBEDDING + ".values", None)
     params = dict(model.named_parameters())
-    missing = sorted(set(params) - set(state) - {"clip.text_model.embeddings.token_embedding.weight"})
-    if missing or set(state) - set(params): raise ValueError(f"{path} does not match the tiny architecture (missing {missing[:3]})")
+    missing = sorted(set(params) - set(state) - {TOKEN_EMBEDDING})
+    if missing or set(state) - set(params) or rows is None or values is None:
+        raise ValueError(f"{path} does not match the tiny architecture (missing {(missing or ['token rows'])[:3]}); "
+                         "rebuild it with `python tools/pretrain_tiny.py`.")
     with torch.no_grad():
         for n, t in state.items(): params[n].copy_(t.to(params[n].dtype))
+        params[TOKEN_EMBEDDING][rows.long()] = values.to(params[TOKEN_EMBEDDING].dtype)
 
 def load_clipseg(name_or_path: str | os.PathLike = DEFAULT_MODEL,
                  device: str | torch.device | None = None,
@@ -226,3 +235,95 @@ def clipseg_forward(model: CLIPSegForImageSegmentation, pixel_values: torch.Tens
     for layer in model.clip.text_model.encoder.layers:
         t = encoder_layer_forward(layer, t, mask, is_causal=True)
     return decode(model, acts, conditional_embedding(model, t, input_ids))
+
+# %% ../nbs/01_clipseg.ipynb #cfc94d0e
+_KIND_SYNONYMS = {"circle": ("round shape", "disc"), "square": ("box", "square block"), "triangle": ("three-sided shape", "wedge")}
+REFERRING_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "both": ("{c} {k}", "a {c} {k}", "the {c} {k}", "segment the {c} {k}", "{c} {w}"),
+    "colour": ("{c}", "the {c} object", "a {c} shape", "{c} region"),
+    "kind": ("{k}", "the {k}", "a {w}"),
+}
+"How a pretraining prompt names an object: by colour and kind, by colour alone, or by kind alone."
+
+def referring_prompt(how: str, color: str | None, kind: str | None, rng: np.random.Generator) -> str:
+    "A prompt naming an object `how` ('both', 'colour' or 'kind'), in one of several phrasings drawn with `rng`."
+    t = REFERRING_TEMPLATES[how]
+    return t[rng.integers(len(t))].format(c=color, k=kind, w=_KIND_SYNONYMS[kind][rng.integers(2)] if kind else "")
+
+def referring_rows(layout: list[dict], rng: np.random.Generator) -> list[tuple[str, str, int]]:
+    """(prompt, how, target) for one image of `SyntheticDataset.layout`: every object once, named in a random way
+    (target = its index), then one prompt for an object that is absent (target -1: an empty mask) — a colour the
+    image lacks (with or without a kind), or a kind it lacks when it has only two objects."""
+    from .data import SHAPE_COLORS, SHAPE_KINDS
+    rows = []
+    for t, sh in enumerate(layout):
+        how = ("both", "colour", "kind")[rng.integers(3)]
+        rows.append((referring_prompt(how, sh["color"] if how != "kind" else None, sh["kind"] if how != "colour" else None, rng), how, t))
+    colors = [c for c in SHAPE_COLORS if c not in {s["color"] for s in layout}]
+    kinds = [k for k in SHAPE_KINDS if k not in {s["kind"] for s in layout}]
+    if kinds and rng.random() < 0.5: rows.append((referring_prompt("kind", None, kinds[rng.integers(len(kinds))], rng), "absent", -1))
+    else:
+        c = colors[rng.integers(len(colors))]
+        rows.append((referring_prompt("colour", c, None, rng) if rng.random() < 0.5 else
+                     referring_prompt("both", c, SHAPE_KINDS[rng.integers(3)], rng), "absent", -1))
+    return rows
+
+class ReferringScenes:
+    """`n` images of coloured shapes (alternately three and two per image, from `SyntheticDataset`) rendered once at
+    `size`, with their label maps and layouts: the pretraining task of the stand-in base. `batch(images, rng)` gives
+    every chosen image with all of its `referring_rows` (its objects and one absent one) as one batch."""
+    def __init__(self, n: int, split: str = "train", size: int = 160, seed: int = 0):
+        from .data import SyntheticDataset
+        from PIL import Image
+        self.size, self.split = int(size), split
+        src = (SyntheticDataset(n=3 * n, split=split, seed=seed, shapes=3), SyntheticDataset(n=2 * n, split=split, seed=seed + 1, shapes=2))
+        imgs, labs, self.layouts = [], [], []
+        for j in range(n):
+            ds, jj = src[j % 2], j // 2
+            img, lab = ds.render(jj)
+            imgs.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)).transpose(2, 0, 1))
+            labs.append(np.asarray(Image.fromarray(lab).resize((size, size), Image.NEAREST)))
+            self.layouts.append(ds.layout(jj))
+        self.images, self.labels = torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(labs))
+
+    def __len__(self) -> int: return len(self.layouts)
+
+    def batch(self, images, rng: np.random.Generator, tokenizer) -> dict:
+        "Images `images` (indices), each with all of its prompts: pixel_values, mask, input_ids, attention_mask, how, target, image."
+        from .data import IMAGENET_MEAN, IMAGENET_STD
+        rows = [(j, *r) for j in images for r in referring_rows(self.layouts[j], rng)]
+        idx = torch.tensor([r[0] for r in rows])
+        target = torch.tensor([r[3] for r in rows])
+        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        enc = tokenizer([r[1] for r in rows], padding=True, return_tensors="pt")
+        return dict(pixel_values=(self.images[idx].float() / 255 - mean) / std,
+                    mask=(self.labels[idx] == (target + 1).view(-1, 1, 1)).float() * (target >= 0).view(-1, 1, 1),
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    prompt=[r[1] for r in rows], how=[r[2] for r in rows], target=target, image=idx)
+
+@torch.no_grad()
+def grounding_scores(model, tokenizer, scenes: ReferringScenes, seed: int = 0, batch_images: int = 16) -> dict:
+    """Does a model follow the prompt? On `scenes` (held-out images), each image with all its prompts:
+    `dice` — Dice (%) of the prediction against the named object's mask (mean); `swap` — Dice against *another*
+    object of the same image (low when the prompt decides); `absent_ok` — share of absent-object prompts whose
+    predicted foreground is ≤ 1 % of the image; `absent_fg` — their mean foreground fraction; and `dice` by how the
+    prompt names the object. `model` is a CLIPSeg (run through `clipseg_forward`) or any callable
+    `(pixel_values, input_ids, attention_mask) -> logits`."""
+    f = (lambda *a: clipseg_forward(model, *a)) if isinstance(model, CLIPSegForImageSegmentation) else model
+    was = getattr(model, "training", False)
+    if hasattr(model, "eval"): model.eval()
+    rng, dice, swap, fg, by = np.random.default_rng(seed), [], [], [], {}
+    for s in range(0, len(scenes), batch_images):
+        b = scenes.batch(range(s, min(s + batch_images, len(scenes))), rng, tokenizer)
+        pred = torch.sigmoid(f(b["pixel_values"], b["input_ids"], b["attention_mask"]).float()) > 0.5
+        for r in range(len(pred)):
+            t, j, p = int(b["target"][r]), int(b["image"][r]), pred[r]
+            if t < 0: fg.append(p.float().mean().item()); continue
+            lab, n_obj = scenes.labels[j], len(scenes.layouts[j])
+            d = lambda g: 200.0 * (p & g).sum().item() / max(1, p.sum().item() + g.sum().item())
+            dice.append(d(lab == t + 1)); by.setdefault(b["how"][r], []).append(dice[-1])
+            swap.append(d(lab == (t + 1) % n_obj + 1))
+    if was and hasattr(model, "train"): model.train()
+    fg = np.asarray(fg)
+    return dict(dice=float(np.mean(dice)), swap=float(np.mean(swap)), absent_ok=float((fg <= 0.01).mean()),
+                absent_fg=float(fg.mean()), **{f"dice_{k}": float(np.mean(v)) for k, v in sorted(by.items())})

@@ -17,11 +17,12 @@ from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['DATASETS', 'PAPER_NAMES', 'SPLIT_DIRS', 'SYNTHETIC', 'DATA_ENV', 'MEDVLSM_URL', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'SHAPE_COLORS', 'SHAPE_KINDS', 'SYNTHETIC_SIZES', 'register_dataset', 'known_datasets', 'short_name',
-           'resolve_dataset', 'data_root', 'dataset_dir', 'Problem', 'DatasetError', 'prompt_keys', 'unsafe_name',
-           'check_record', 'read_annotations', 'load_annotations', 'all_prompts', 'choose_prompt', 'item_rng',
-           'check_prompt_arg', 'image_to_tensor', 'denormalize', 'mask_to_bool', 'mask_to_tensor', 'PromptedDataset',
-           'MedVLSMDataset', 'overlay_mask', 'show_items', 'shape_prompts', 'SyntheticDataset', 'get_dataset',
+           'SHAPE_COLORS', 'SHAPE_KINDS', 'SYNTHETIC_US', 'US_STRUCTURES', 'SYNTHETIC_SIZES', 'GENERATED',
+           'register_dataset', 'known_datasets', 'short_name', 'resolve_dataset', 'data_root', 'dataset_dir', 'Problem',
+           'DatasetError', 'prompt_keys', 'unsafe_name', 'check_record', 'read_annotations', 'load_annotations',
+           'all_prompts', 'choose_prompt', 'item_rng', 'check_prompt_arg', 'image_to_tensor', 'denormalize',
+           'mask_to_bool', 'mask_to_tensor', 'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items',
+           'shape_prompts', 'SyntheticDataset', 'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset',
            'PromptCollator', 'ValidationReport', 'validate', 'write_medvlsm']
 
 # %% ../nbs/03_data.ipynb #90856b03
@@ -414,10 +415,13 @@ class SyntheticDataset(PromptedDataset):
         records = []
         for i in range(self.n):
             j, t = divmod(i, self.shapes_per_image)
-            sh = self.layout(j)[t]
-            records.append(dict(img_name=f"synthetic_{j:05d}.png", mask_name=f"synthetic_{j:05d}_{sh['color']}_{sh['kind']}.png",
-                                prompts=shape_prompts(sh["color"], sh["kind"]), target=t, color=sh["color"], kind=sh["kind"]))
+            records.append(self._record(j, t, self.layout(j)[t]))
         super().__init__(records, prompt, size, seed, variant)
+
+    def _record(self, j: int, t: int, sh: dict) -> dict:
+        "The record of shape `t` of image `j` (layout `sh`): file names, prompts, and what it names."
+        return dict(img_name=f"synthetic_{j:05d}.png", mask_name=f"synthetic_{j:05d}_{sh['color']}_{sh['kind']}.png",
+                    prompts=shape_prompts(sh["color"], sh["kind"]), target=t, color=sh["color"], kind=sh["kind"])
 
     def _rng(self, j: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([abs(self.seed), self._split_code, j, stream])
@@ -455,32 +459,122 @@ class SyntheticDataset(PromptedDataset):
         img += 10 * rng.standard_normal(img.shape, dtype=np.float32)                     # pixel noise
         return img.clip(0, 255).astype(np.uint8), lab
 
+    def rendered(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        "`render(j)`, kept in memory (up to 2,048 images, ~0.3 MB each): every record and epoch of an image reuses it."
+        cache = self.__dict__.setdefault("_rendered", {})
+        if j not in cache:
+            if len(cache) >= 2048: cache.clear()
+            cache[j] = self.render(j)
+        return cache[j]
+
     def load_image(self, i: int) -> Image.Image:
         "Record `i`'s image, RGB, `orig_size`."
-        return Image.fromarray(self.render(self._index(i) // self.shapes_per_image)[0])
+        return Image.fromarray(self.rendered(self._index(i) // self.shapes_per_image)[0])
 
     def load_mask(self, i: int) -> np.ndarray:
         "Record `i`'s mask: bool (H, W), the visible pixels of the shape its prompt names."
         i = self._index(i)
-        return self.render(i // self.shapes_per_image)[1] == self.records[i]["target"] + 1
+        return self.rendered(i // self.shapes_per_image)[1] == self.records[i]["target"] + 1
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = self._index(i)
-        img, lab = self.render(i // self.shapes_per_image)      # render once for image and mask
+        img, lab = self.rendered(i // self.shapes_per_image)    # one render for the image's records and epochs
         mask = lab == self.records[i]["target"] + 1
         r = self.records[i]
         return dict(pixel_values=image_to_tensor(Image.fromarray(img), self.size), mask=mask_to_tensor(mask, self.size),
                     prompt=self.pick_prompt(i), orig_size=(int(mask.shape[0]), int(mask.shape[1])),
                     img_name=r["img_name"], mask_name=r["mask_name"], index=i)
 
+# %% ../nbs/03_data.ipynb #4e804197
+SYNTHETIC_US = "synthetic-us"
+"The name of the generated ultrasound-like target domain (`SyntheticUltrasound`)."
+US_STRUCTURES: dict[str, str] = {"circle": "cyst", "triangle": "tumor", "square": "lymph node"}
+"The structure each shape kind stands for in `SyntheticUltrasound`."
+_US_WORDS = {"cyst": ("round", "anechoic"), "tumor": ("triangular-shaped irregular", "hypoechoic"),
+             "lymph node": ("rectangular", "oval-hilum")}
+
+def us_prompts(structure: str, size: str, where: str) -> dict[str, str | list[str]]:
+    "MedVLSM-style prompts p0..p6 (BUSI's pattern) naming one structure of a synthetic ultrasound image."
+    shape, echo = _US_WORDS[structure]
+    img = "the ultrasound image"
+    return {"p0": "", "p1": structure, "p2": f"{structure.capitalize()} in {img}.",
+            "p3": [f"One {structure} in {img}.", f"One {echo} {structure} in {img}."],
+            "p4": f"One {size} {structure} in {img}.",
+            "p5": f"One {size} {structure} at the {where} of {img}.",
+            "p6": [f"One {size} {shape} {structure} at the {where} of {img}.",
+                   f"One {size} {echo} {structure} at the {where} of {img}."]}
+
+class SyntheticUltrasound(SyntheticDataset):
+    """The target domain: grey, speckled ultrasound-like images with `shapes` (2 or 3) low-contrast structures (cyst,
+    tumor, lymph node), one record per structure, prompts naming it in the MedVLSM style. Same interface and
+    determinism as `SyntheticDataset`."""
+    def __init__(self, n: int = 256, split: str = "train", size: int = 352, seed: int = 0, prompt: str = "random",
+                 variant: str = "first", orig_size: tuple[int, int] = (240, 320), shape_frac: tuple[float, float] = (0.24, 0.38),
+                 shapes: int = 3):
+        super().__init__(n, split, size, seed, prompt, variant, orig_size, shape_frac, shapes)
+        self.name = SYNTHETIC_US
+
+    def _record(self, j: int, t: int, sh: dict) -> dict:
+        H, W = self.orig_size
+        frac = sh["s"] / min(H, W)
+        lo, hi = self.shape_frac
+        size = "small" if frac < lo + (hi - lo) / 3 else "medium" if frac < lo + 2 * (hi - lo) / 3 else "large"
+        col = "left" if sh["cx"] < W / 3 else "right" if sh["cx"] > 2 * W / 3 else "centre"
+        where = ("top" if sh["cy"] < H / 2 else "bottom") + ("" if col == "centre" else f" {col}")
+        st = US_STRUCTURES[sh["kind"]]
+        return dict(img_name=f"us_{j:05d}.png", mask_name=f"us_{j:05d}_{st.replace(' ', '_')}.png",
+                    prompts=us_prompts(st, size, where), target=t, structure=st, kind=sh["kind"], color=None)
+
+    def render(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        "Image `j` as uint8 (H, W, 3) grey and its label map (H, W): 0 background, k+1 where structure k is."
+        from scipy import ndimage
+        H, W = self.orig_size
+        shapes, lab = self.layout(j), np.zeros((H, W), np.uint8)
+        rng = self._rng(j, 1)
+        im = Image.new("L", (W, H), 0); d = ImageDraw.Draw(im)
+        for k, sh in enumerate(shapes):
+            cx, cy, s = sh["cx"], sh["cy"], sh["s"]; h = s / 2
+            if sh["kind"] == "circle":
+                e = rng.uniform(0.8, 1.0); d.ellipse([cx - h, cy - h * e, cx + h, cy + h * e], fill=k + 1)
+            elif sh["kind"] == "square":
+                h *= 0.88; d.rounded_rectangle([cx - h, cy - h * rng.uniform(0.75, 1), cx + h, cy + h], radius=h * 0.25, fill=k + 1)
+            else:
+                pts = [(cx, cy - h), (cx - h, cy + h * 0.85), (cx + h, cy + h * 0.85)]
+                d.polygon([(x + rng.uniform(-0.1, 0.1) * s, y + rng.uniform(-0.1, 0.1) * s) for x, y in pts], fill=k + 1)
+        lab = np.asarray(im)
+        depth = np.linspace(0, 1, H, dtype=np.float32)[:, None]
+        low = np.asarray(Image.fromarray(rng.standard_normal((5, 7), dtype=np.float32), "F").resize((W, H), Image.BICUBIC))
+        bands = 0.06 * np.sin(2 * np.pi * (depth * rng.uniform(2, 5) + rng.uniform()))
+        echo = np.broadcast_to(0.55 + 0.12 * low + bands - 0.25 * depth, (H, W)).astype(np.float32)   # tissue, attenuation
+        rows, cols = np.arange(H)[:, None], np.arange(W)[None]
+        for k, sh in enumerate(shapes):
+            m = lab == k + 1
+            behind = (rows > sh["cy"]) & (np.abs(cols - sh["cx"]) < sh["s"] * 0.4) & ~m
+            if sh["kind"] == "circle": echo[m] *= 0.25; echo[behind] *= 1.15                 # anechoic, enhancement
+            elif sh["kind"] == "triangle":                                                      # hypoechoic, shadow
+                echo[m] = echo[m] * 0.45 + 0.06 * rng.standard_normal(int(m.sum()), dtype=np.float32); echo[behind] *= 0.85
+            else:                                                                               # darker rim, bright hilum
+                echo[m] *= 0.45; echo[ndimage.binary_erosion(m, iterations=max(1, int(sh["s"] * 0.2)))] *= 1.6
+        echo = ndimage.gaussian_filter(echo, 1.2)
+        speckle = ndimage.gaussian_filter(rng.rayleigh(1.0, (H, W)).astype(np.float32), 0.7) / 1.2
+        img = np.clip(echo * speckle * 200, 0, 255).astype(np.uint8)
+        return np.repeat(img[..., None], 3, axis=-1), lab
+
 # %% ../nbs/03_data.ipynb #96ab7a33
 SYNTHETIC_SIZES: dict[str, int] = {"train": 256, "val": 64, "test": 64}
 
+GENERATED: dict[str, type] = {SYNTHETIC: SyntheticDataset, SYNTHETIC_US: SyntheticUltrasound}
+"The datasets generated in memory (no files), by name."
+
+def is_generated(name) -> bool:
+    "True when `name` is one of the generated datasets (`GENERATED`): they need no data root."
+    return isinstance(name, str) and name.strip().lower() in GENERATED
+
 def get_dataset(name: str, split: str, root: str | os.PathLike | None = None, **kwargs) -> PromptedDataset:
-    "The `split` of dataset `name`: `'synthetic'` -> `SyntheticDataset`, else `MedVLSMDataset` under `root`."
-    if isinstance(name, str) and name.strip().lower() == SYNTHETIC:
+    "The `split` of dataset `name`: a generated one (`'synthetic'`, `'synthetic-us'`), else `MedVLSMDataset` under `root`."
+    if is_generated(name):
         kwargs.setdefault("n", SYNTHETIC_SIZES.get(split, 64))
-        return SyntheticDataset(split=split, **kwargs)
+        return GENERATED[name.strip().lower()](split=split, **kwargs)
     return MedVLSMDataset(name, split, root=root, **kwargs)
 
 # %% ../nbs/03_data.ipynb #8b592142

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .clipseg import load_clipseg, clip_tokenizer
 from .model import (VLSMAdapter, METHODS, VARIANTS, ADAPTER_METHODS, ADAPTER_CONFIG, check_choice,
                                 load_vlsm_adapter, read_adapter_config)
-from .data import get_dataset, PromptCollator, PAPER_NAMES, SYNTHETIC, short_name, overlay_mask
+from .data import get_dataset, PromptCollator, PAPER_NAMES, SYNTHETIC, short_name, overlay_mask, is_generated
 from .metrics import score_pair, summarize, boundary, EMPTY_RULES
 from .utils import atomic_path, atomic_write_text, in_ipython
 
@@ -97,7 +97,7 @@ def run_dataset(train_config: dict, split: str = "test", data_root: str | os.Pat
     "The `split` of the dataset a run (its `train_config`) was trained on, prompts fixed as its validation drew them."
     tc = train_config
     split = check_choice("split", split, SPLITS)
-    synth = str(tc["dataset"]).strip().lower() == SYNTHETIC
+    synth = is_generated(tc["dataset"])
     kw = dict(size=int(tc.get("image_size") or 352), seed=int(tc.get("seed") or 0),
               prompt=prompt or tc.get("val_prompt") or tc.get("prompt") or "random")
     n = tc.get("synthetic_n")
@@ -364,7 +364,7 @@ def paper_table(n: int) -> pd.DataFrame:
 def paper_row(dataset: str, method: str, variant: str | None = None) -> dict | None:
     """The paper's test Dice/IoU (%) and HD95 (px) for `dataset` (any name `short_name` accepts) and our `method`
     / `variant`, with where they come from; `None` for the synthetic or an unknown dataset."""
-    short = _short_or_none(dataset) if isinstance(dataset, str) and dataset.strip().lower() != SYNTHETIC else None
+    short = _short_or_none(dataset) if isinstance(dataset, str) and not is_generated(dataset) else None
     if short is None or short not in PAPER_NAMES: return None
     method = check_choice("method", method, METHODS)
     name = PAPER_NAMES[short]

@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .model import METHODS, VARIANTS, ADAPTER_METHODS, check_choice
-from .data import PAPER_NAMES, SYNTHETIC, short_name
+from .data import PAPER_NAMES, SYNTHETIC, short_name, is_generated
 from .train import RESUMABLE_CHANGES
 from .evaluate import paper_table, E2E_NOTE, PAPER_CITATION, EVAL_KIND
 from .utils import atomic_write_text, atomic_path, in_ipython
@@ -61,7 +61,7 @@ class RunSpec:
 
 def dataset_key(name: str) -> str:
     "Our short name of dataset `name` (any spelling `short_name` accepts, or 'synthetic'); raises naming the known ones."
-    if isinstance(name, str) and name.strip().lower() == SYNTHETIC: return SYNTHETIC
+    if is_generated(name): return name.strip().lower()
     return short_name(name)
 
 def _as_list(x, what: str) -> list:
@@ -661,7 +661,7 @@ def estimate_cost(grid: Grid | Iterable[RunSpec], img_per_s: dict | None = None,
     ips = {**ASSUMED_IMG_PER_S, **(img_per_s or {})}
     rows = []
     for s in grid:
-        if s.dataset == SYNTHETIC:
+        if is_generated(s.dataset):
             n = int(s.params.get("synthetic_n") or 256); sizes = (n, max(n // 4, 1), max(n // 4, 1))
         else: sizes = SPLIT_SIZES[dataset_key(s.dataset)]
         ep = min(int(s.params["max_epochs"]), epochs) if s.params.get("max_epochs") else epochs   # early stopping decides below the bound

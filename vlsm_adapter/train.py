@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 
 from .clipseg import load_clipseg, DEFAULT_MODEL
 from .model import VLSMAdapter, METHODS, VARIANTS, ADAPTER_METHODS, check_choice, save_adapter, trainable_state_dict
-from .data import get_dataset, PromptCollator, validate, resolve_dataset, SYNTHETIC
+from .data import get_dataset, PromptCollator, validate, resolve_dataset, SYNTHETIC, is_generated
 from .metrics import DiceBCELoss, batch_dice, batch_iou
 from .utils import atomic_path, atomic_write_text, seed_everything, in_test, in_ipython
 
@@ -72,7 +72,7 @@ class TrainConfig:
         self.method = check_choice("method", self.method, METHODS)
         if self.method in ADAPTER_METHODS: self.variant = check_choice("variant", self.variant, VARIANTS)
         self.precision = check_choice("precision", self.precision, PRECISIONS)
-        if str(self.dataset).strip().lower() != SYNTHETIC: resolve_dataset(self.dataset)   # raises with the known names
+        if not is_generated(self.dataset): resolve_dataset(self.dataset)   # raises with the known names
         for k in ("batch_size", "max_epochs", "image_size"):
             if getattr(self, k) is not None and int(getattr(self, k)) <= 0: raise ValueError(f"{k} must be positive, got {getattr(self, k)!r}")
         if self.image_size and self.image_size % 16: raise ValueError(f"image_size must be a multiple of 16 (the ViT patch), got {self.image_size}")
@@ -81,7 +81,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         "A copy with every `None` default filled in."
         c = dataclasses.replace(self)
-        synth = str(c.dataset).strip().lower() == SYNTHETIC
+        synth = is_generated(c.dataset)
         c.model = c.model or ("tiny-pretrained" if synth else DEFAULT_MODEL)
         c.image_size = c.image_size or (224 if synth else 352)
         c.max_epochs = c.max_epochs or (15 if synth else 200)
@@ -230,7 +230,7 @@ def fit(cfg: TrainConfig | None = None, **overrides) -> FitResult:
     acc = make_accelerator(cfg.precision, cfg.method)
     main = acc.is_main_process
     say = (lambda *a: print(*a, flush=True)) if main else (lambda *a: None)
-    synth = str(cfg.dataset).strip().lower() == SYNTHETIC
+    synth = is_generated(cfg.dataset)
 
     # ---- data: fail fast on broken files, before any model is loaded ----------------------------------------------
     ds_kw = dict(size=cfg.image_size, seed=cfg.seed)
