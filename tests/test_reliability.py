@@ -112,7 +112,8 @@ def test_only_checkpoints_are_unpickled_in_the_package():
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if any(k in line for k in ("torch.load(", "pickle.load", "pickle.loads", "joblib.load", "np.load(")):
                 hits.append((f.name, n, line.strip()))
-    assert [h[0] for h in hits] == ["train.py"] and "weights_only=True" in hits[0][2], hits
+    calls = [h for h in hits if not h[2].startswith(('"', "#"))]          # not docstrings or comments
+    assert [h[0] for h in calls] == ["train.py"] and "weights_only=True" in calls[0][2], calls
 
 
 # ================================================================== one writer per run folder
@@ -278,7 +279,7 @@ def _mask_variants():
 @pytest.mark.parametrize("name,im", list(_mask_variants()), ids=[n for n, _ in _mask_variants()])
 def test_mask_modes_and_depths(name, im, tmp_path):
     assert (mask_to_bool(im) == TRUTH).all()
-    f = tmp_path / "m.png"; im.save(f)                 # and the same after a trip through a PNG file
+    f = tmp_path / ("m.tif" if im.mode in ("I", "F") else "m.png"); im.save(f)     # and the same after a trip through a file
     with Image.open(f) as back: back.load(); assert (mask_to_bool(back) == TRUTH).all(), back.mode
 
 
