@@ -404,3 +404,23 @@ def test_real_clinicdb_masks_unchanged_by_the_rule():
     for i in range(len(ds)):
         with Image.open(ds.mask_path(i)) as im: ref = np.asarray(im) > 127
         assert (ds.load_mask(i) == ref).all(), ds.mask_path(i)
+
+
+def test_training_prompts_are_drawn_per_epoch(monkeypatch, tmp_path):
+    """Without the feature cache the batches come from Accelerate's DataLoader, which resets the dataset's epoch to its
+    own counter (0 for a new loader): every epoch trained on epoch 0's prompt draws. Each epoch must get its own."""
+    import vlsm_adapter.train as T
+    from vlsm_adapter.data import get_dataset
+    calls = []
+
+    class Recording(T.PromptCollator):
+        def __call__(self, items):
+            calls.append([(int(it["index"]), it["prompt"]) for it in items])
+            return super().__call__(items)
+    monkeypatch.setattr(T, "PromptCollator", Recording)
+    fit(TrainConfig(out_dir=str(tmp_path), max_epochs=2, **QUICK))       # 16 train (2 batches) + 4 val (1 batch) per epoch
+    ref = get_dataset("synthetic", "train", n=16, size=160, seed=42, prompt="random")
+    for epoch, batches in ((1, calls[0:2]), (2, calls[3:5])):
+        got = dict(p for b in batches for p in b)
+        assert got == {i: ref.pick_prompt(i, epoch) for i in got}, f"epoch {epoch} trained on other prompt draws"
+    assert dict(p for b in calls[0:2] for p in b) != dict(p for b in calls[3:5] for p in b)

@@ -32,7 +32,8 @@ __all__ = ['DEFAULT_LR', 'PRECISIONS', 'RESUMABLE_CHANGES', 'CHECKPOINT', 'SUMMA
 DEFAULT_LR = {"dense": 1e-3, "e2e": 1e-3, "decoder": 1e-3, "shallow": 3e-4}
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 # fields that may change when a run is resumed (the rest must match the stored config)
-RESUMABLE_CHANGES = ("max_epochs", "num_workers", "overwrite", "checkpoint_every", "progress", "cache_features", "cache_max_gb")
+RESUMABLE_CHANGES = ("max_epochs", "num_workers", "overwrite", "checkpoint_every", "progress", "cache_features", "cache_max_gb",
+                     "out_dir")   # a run folder may be moved or copied and resumed there
 
 @dataclass
 class TrainConfig:
@@ -141,7 +142,8 @@ class FeatureCache:
             # each prompt alone, unpadded: its features depend on the text only, not on which prompts arrived with it
             # (padding to a batch-mate's length changes the last bits), so a resumed run refills the cache identically
             enc = tokenizer([p], truncation=True, max_length=77, return_tensors="pt").to(device)
-            tf = model.encode_text(enc["input_ids"], enc["attention_mask"])
+            with torch.no_grad(): tf = model.encode_text(enc["input_ids"], enc["attention_mask"])   # frozen; and no_grad
+            # always: attention kernels may differ with grad mode on, and a prompt may come first in training or validation
             self.texts[p] = (tf["cond"][0].detach().cpu(), [h[0].detach().cpu() for h in tf["eot_states"]])
         conds = torch.stack([self.texts[p][0] for p in prompts]).to(device)
         n = len(self.texts[prompts[0]][1])
@@ -394,11 +396,10 @@ def _fit(cfg: TrainConfig) -> FitResult:
             if cache.has_images(split, batch["index"]):
                 feats, target = cache.get_images(split, batch["index"], acc.device)
             else:   # one image at a time: a cached feature must not depend on its batch-mates (exact resume)
-                with acc.autocast():
+                with acc.autocast(), torch.no_grad():
                     per = [raw.encode_image(batch["pixel_values"][b:b + 1]) for b in range(len(batch["pixel_values"]))]
-                feats = [torch.cat([f[k] for f in per]) for k in range(len(per[0]))]
-                target = batch["mask"]
-                cache.put_images(split, batch["index"], feats, target)
+                cache.put_images(split, batch["index"], [torch.cat([f[k] for f in per]) for k in range(len(per[0]))], batch["mask"])
+                feats, target = cache.get_images(split, batch["index"], acc.device)   # served as a cached batch is
             with acc.autocast(): tf = cache.text_feats(raw, list(batch["prompt"]), tok, acc.device)
             return model(image_feats=feats, text_feats=tf), target
         return model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]), batch["mask"]
@@ -416,6 +417,9 @@ def _fit(cfg: TrainConfig) -> FitResult:
             return
         dl = acc.prepare_data_loader(_loader(ds, bs, collate, cfg.num_workers, order), device_placement=True)
         if skip: dl = acc.skip_first_batches(dl, skip)
+        # Accelerate's loader calls `dataset.set_epoch(<its own counter>)` when iterated: 0 for a fresh loader, which
+        # would give every epoch epoch 0's prompt draws. Tell it the epoch.
+        if hasattr(dl, "set_epoch"): dl.set_epoch(epoch)
         yield from dl
 
     n_train_batches = math.ceil(len(train_ds) / cfg.batch_size)
