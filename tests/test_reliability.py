@@ -424,3 +424,23 @@ def test_training_prompts_are_drawn_per_epoch(monkeypatch, tmp_path):
         got = dict(p for b in batches for p in b)
         assert got == {i: ref.pick_prompt(i, epoch) for i in got}, f"epoch {epoch} trained on other prompt draws"
     assert dict(p for b in calls[0:2] for p in b) != dict(p for b in calls[3:5] for p in b)
+
+
+def test_disk_full_names_the_file_and_keeps_the_old_one(unfinished, tmp_path, monkeypatch):
+    import errno
+    import vlsm_adapter.model as M
+    import vlsm_adapter.train as T
+    run = copy_run(unfinished, tmp_path / "run")
+    before = (run / CHECKPOINT).read_bytes()
+
+    def full(*a, **k): raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(T.torch, "save", full)
+    with pytest.raises(OSError) as e: T._save_checkpoint(run / CHECKPOINT, {"x": 1})
+    assert str(run / CHECKPOINT) in str(e.value) and "disk full" in str(e.value) and e.value.errno == errno.ENOSPC
+    assert (run / CHECKPOINT).read_bytes() == before and not list(run.glob(".*.tmp"))
+    monkeypatch.setattr(M, "save_file", full)
+    model, _ = load_vlsm_adapter(run / "best")
+    w = (run / "best" / ADAPTER_WEIGHTS).read_bytes()
+    with pytest.raises(OSError) as e: M.save_adapter(model, run / "best")
+    assert str(run / "best") in str(e.value) and "disk full" in str(e.value)
+    assert (run / "best" / ADAPTER_WEIGHTS).read_bytes() == w

@@ -280,9 +280,13 @@ def save_adapter(model: VLSMAdapter, path: str | os.PathLike) -> Path:
     "Write the trainable weights (`adapter_model.safetensors`) and `adapter_config.json` into folder `path`."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     cfg = model.adapter_config()
-    with atomic_path(path / ADAPTER_WEIGHTS) as tmp:
-        save_file(trainable_state_dict(model), str(tmp), metadata={"adapter_config": json.dumps(cfg)})
-    atomic_write_text(path / ADAPTER_CONFIG, json.dumps(cfg, indent=2))
+    try:
+        with atomic_path(path / ADAPTER_WEIGHTS) as tmp:
+            save_file(trainable_state_dict(model), str(tmp), metadata={"adapter_config": json.dumps(cfg)})
+        atomic_write_text(path / ADAPTER_CONFIG, json.dumps(cfg, indent=2))
+    except OSError as e:
+        raise OSError(e.errno, f"could not write the adapter into {path} ({e.strerror or e}; disk full?): the files "
+                               "already there are kept as they were") from e
     return path
 
 def read_adapter_config(path: str | os.PathLike) -> dict:
