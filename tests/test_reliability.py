@@ -130,7 +130,8 @@ def test_two_trainings_on_one_folder(tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(_cli_args(run, max_epochs=50), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        assert _wait_for(lambda: (run / CONFIG).exists(), proc=first), first.stdout.read().decode()[-2000:]
+        held = lambda: (run / LOCK).exists() and "pid" in (run / LOCK).read_text()      # the first run holds the lock
+        assert _wait_for(held, proc=first), first.stdout.read().decode()[-2000:]
         second = subprocess.run(_cli_args(run, max_epochs=50), capture_output=True, text=True, env=ENV)
         assert second.returncode != 0
         assert "in use by another process" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr[-2000:]
