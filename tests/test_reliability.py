@@ -445,3 +445,14 @@ def test_disk_full_names_the_file_and_keeps_the_old_one(unfinished, tmp_path, mo
     with pytest.raises(OSError) as e: M.save_adapter(model, run / "best")
     assert str(run / "best") in str(e.value) and "disk full" in str(e.value)
     assert (run / "best" / ADAPTER_WEIGHTS).read_bytes() == w
+
+
+def test_evaluation_removes_temporary_files_of_a_killed_evaluation(unfinished, tmp_path):
+    from vlsm_adapter.evaluate import evaluate_run
+    run = copy_run(unfinished, tmp_path / "run")
+    ev = run / "eval-test-best"
+    ev.mkdir(); (ev / ".evaluating").write_text("vlsm_adapter evaluation")       # as a killed evaluation leaves it
+    junk = [ev / ".summary.json.a1b2.tmp", ev / ".per_image.csv.c3d4.tmp"]
+    for j in junk: j.write_text("half")
+    evaluate_run(run, progress=False)
+    assert not any(j.exists() for j in junk) and (ev / "summary.json").is_file()

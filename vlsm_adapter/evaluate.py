@@ -182,6 +182,7 @@ def _prepare_eval_dir(out: Path):
         old.unlink(missing_ok=True)                       # first: a half-rewritten folder must not look complete
         shutil.rmtree(out / "masks", ignore_errors=True)
         (out / "per_image.csv").unlink(missing_ok=True)
+        for p in out.glob(".*.tmp"): p.unlink(missing_ok=True)   # temporary files of a killed evaluation
     out.mkdir(parents=True, exist_ok=True)
     (out / EVAL_MARKER).write_text(EVAL_KIND)
 
