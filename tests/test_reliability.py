@@ -456,3 +456,12 @@ def test_evaluation_removes_temporary_files_of_a_killed_evaluation(unfinished, t
     for j in junk: j.write_text("half")
     evaluate_run(run, progress=False)
     assert not any(j.exists() for j in junk) and (ev / "summary.json").is_file()
+
+
+def test_fit_with_workers_names_the_truncated_file(tmp_path):
+    "The issue's case: validation off, two DataLoader workers, a truncated JPEG: the error arrives whole, naming the file."
+    f = _truncate_one_jpeg(tmp_path)
+    with pytest.raises(DatasetError) as e:
+        fit(TrainConfig(dataset="kvasir", data_root=str(tmp_path), out_dir=str(tmp_path / "run"), model="tiny", image_size=160,
+                        batch_size=4, max_epochs=1, num_workers=2, validate_data=False, progress=False))
+    assert str(f) in str(e.value) and "image file is truncated" in str(e.value), str(e.value)[:600]
