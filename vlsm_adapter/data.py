@@ -17,13 +17,14 @@ from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['DATASETS', 'PAPER_NAMES', 'SPLIT_DIRS', 'SYNTHETIC', 'DATA_ENV', 'MEDVLSM_URL', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'SHAPE_COLORS', 'SHAPE_KINDS', 'SYNTHETIC_US', 'US_STRUCTURES', 'SYNTHETIC_SIZES', 'GENERATED',
-           'register_dataset', 'known_datasets', 'short_name', 'resolve_dataset', 'data_root', 'dataset_dir', 'Problem',
-           'DatasetError', 'prompt_keys', 'unsafe_name', 'check_record', 'read_annotations', 'load_annotations',
-           'all_prompts', 'choose_prompt', 'item_rng', 'check_prompt_arg', 'image_to_tensor', 'denormalize',
-           'mask_to_bool', 'mask_to_tensor', 'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items',
-           'shape_prompts', 'SyntheticDataset', 'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset',
-           'PromptCollator', 'ValidationReport', 'validate', 'write_medvlsm']
+           'DEEP_MODES', 'LOSSY_FORMATS', 'SHAPE_COLORS', 'SHAPE_KINDS', 'SYNTHETIC_US', 'US_STRUCTURES',
+           'SYNTHETIC_SIZES', 'GENERATED', 'EMPTY_MASKS_OK', 'register_dataset', 'known_datasets', 'short_name',
+           'resolve_dataset', 'data_root', 'dataset_dir', 'Problem', 'DatasetError', 'prompt_keys', 'unsafe_name',
+           'check_record', 'read_annotations', 'load_annotations', 'all_prompts', 'choose_prompt', 'item_rng',
+           'check_prompt_arg', 'image_to_rgb', 'image_to_tensor', 'denormalize', 'mask_values', 'mask_to_bool',
+           'mask_to_tensor', 'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items', 'shape_prompts',
+           'SyntheticDataset', 'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset', 'PromptCollator',
+           'ValidationReport', 'validate', 'write_medvlsm']
 
 # %% ../nbs/03_data.ipynb #90856b03
 DATASETS: dict[str, str] = {
@@ -117,14 +118,24 @@ class Problem:
         return f"{where}: {self.message}" + (f" (file: {self.file})" if self.file else "")
 
 class DatasetError(ValueError):
-    "A dataset has one or more problems; `.problems` lists them, the message shows them (the first 50)."
-    def __init__(self, problems: Sequence[Problem], header: str | None = None, shown: int = 50):
+    """A dataset has one or more problems; `.problems` lists them, the message shows them (the first 50).
+    `DatasetError(message)` (a string) is accepted too: that is how pickling and PyTorch's DataLoader workers rebuild
+    an exception, and the message then arrives whole."""
+    def __init__(self, problems: Sequence[Problem] | str, header: str | None = None, shown: int = 50):
+        self.header, self.shown = header, shown
+        if isinstance(problems, str):
+            self.problems = []
+            super().__init__(problems); return
         self.problems = list(problems)
         lines = [str(p) for p in self.problems[:shown]]
         if len(self.problems) > shown: lines.append(f"... and {len(self.problems) - shown} more")
         if header is None and len(self.problems) == 1: msg = lines[0]
         else: msg = (header or f"{len(self.problems)} problems") + ":\n  " + "\n  ".join(lines)
         super().__init__(msg)
+
+    def __reduce__(self):
+        return (type(self), (self.problems, self.header, self.shown) if self.problems else (str(self),))
+
 
 # %% ../nbs/03_data.ipynb #59d39688
 _PKEY = re.compile(r"p(0|[1-9][0-9]*)$")
@@ -227,23 +238,83 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN, _STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 _SCALE = np.float32(1 / 255) / np.asarray(IMAGENET_STD, np.float32)    # x/255 -> (x/255 - mean)/std in one multiply-add
 _SHIFT = -np.asarray(IMAGENET_MEAN, np.float32) / np.asarray(IMAGENET_STD, np.float32)
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"PIL modes deeper than 8 bits per pixel (16-bit and 32-bit integer, 32-bit float grey)."
+LOSSY_FORMATS = ("JPEG", "MPO")
+"File formats whose masks hold compression noise: always thresholded at 127."
+
+def image_to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB, whatever its mode. Deep grey images (`DEEP_MODES`: 16-bit, 32-bit, float) are
+    stretched linearly from their own minimum..maximum to 0..255 (PIL's `convert("RGB")` would clip them to one or
+    two grey levels, and 12-bit data in a 16-bit file would be nearly black if divided by 257); alpha is dropped;
+    palette images are looked up in their palette. Non-finite values raise a `ValueError`."""
+    if image.mode == "RGB": return image
+    if image.mode in DEEP_MODES:
+        a = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(a).all(): raise ValueError(f"image of mode {image.mode!r} holds NaN or infinite values")
+        lo, hi = (a.min(), a.max()) if a.size else (0.0, 0.0)
+        a8 = np.zeros(a.shape, np.uint8) if hi <= lo else np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return Image.fromarray(a8, "L").convert("RGB")
+    return image.convert("RGB")
 
 def image_to_tensor(image: Image.Image, size: int = 352) -> torch.Tensor:
-    "PIL image -> float32 (3, size, size): RGB, bilinear resize (aspect not kept), [0, 1], ImageNet mean/std."
-    a = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+    "PIL image -> float32 (3, size, size): 8-bit RGB (`image_to_rgb`), bilinear resize (aspect not kept), [0, 1], ImageNet mean/std."
+    a = np.asarray(image_to_rgb(image).resize((size, size), Image.BILINEAR), dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray((a * _SCALE + _SHIFT).transpose(2, 0, 1)))
 
 def denormalize(pixel_values: torch.Tensor) -> torch.Tensor:
     "Undo the ImageNet normalisation of `(..., 3, H, W)` values: back to [0, 1] (for plotting)."
     return (pixel_values * _STD.to(pixel_values) + _MEAN.to(pixel_values)).clamp(0, 1)
 
+def _brightest(a: np.ndarray) -> np.ndarray:
+    "Per-pixel maximum of the first three channels, channel by channel (`np.maximum`): ~25x faster than `.max(axis=-1)`."
+    return np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2])
+
+def mask_values(mask: Image.Image) -> np.ndarray:
+    """One value per pixel of a mask of any mode: grey as it is, colour by its brightest channel, alpha dropped; a
+    palette image by its colours' brightest channel, or by its indices when the palette does not tell them apart
+    (a label map saved as `P` without a palette, whose every index looks black)."""
+    if mask.mode in ("L",) + DEEP_MODES: return np.asarray(mask)
+    if mask.mode in ("LA", "La"): return np.asarray(mask)[..., 0]
+    if mask.mode in ("RGB", "RGBA", "RGBX", "RGBa"): return _brightest(np.asarray(mask))
+    if mask.mode in ("P", "PA"):
+        idx = np.asarray(mask)
+        if idx.ndim == 3: idx = idx[..., 0]
+        pal = np.asarray(mask.getpalette() or [], np.uint8)
+        pal = pal[: len(pal) // 3 * 3].reshape(-1, 3)
+        if idx.size and int(idx.max()) < len(pal):
+            v = _brightest(pal)[idx]
+            if v.max() > 0 or idx.max() == 0: return v
+        return idx
+    return _brightest(np.asarray(mask.convert("RGB")))              # CMYK, YCbCr, ...
+
 def mask_to_bool(mask: Image.Image) -> np.ndarray:
-    "PIL mask of any mode -> bool (H, W): foreground where the brightest channel is > 127 (`1`-mode masks as they are)."
+    """PIL mask of any mode and depth -> bool (H, W). One rule, used by training, validation and evaluation:
+
+    * `1`-mode masks as they are; other modes reduced to one value per pixel (`mask_values`);
+    * JPEG (lossy) masks: foreground > 127, whatever the noise;
+    * two values only, 0 and v > 0 (0/255, 0/1 label masks, 0/65535, 0/1.0): foreground is v, at any depth;
+    * more values (anti-aliased or resampled 0/255 masks): foreground above half the range the values use:
+      > 127 for values up to 255, > 32767 up to 65535, > 0.5 for floats up to 1;
+    * an empty mask (all 0) is empty. Refused with a `ValueError`: negative or non-finite values, and several
+      values none of which reaches above that half (a multi-class label mask such as 0/1/2 is not a binary mask)."""
     if mask.mode == "1": return np.array(mask, dtype=bool)
-    if mask.mode in ("L", "I", "I;16", "I;16L", "I;16B", "F"): a = np.asarray(mask)
-    elif mask.mode == "LA": a = np.asarray(mask)[..., 0]
-    else: a = np.asarray(mask.convert("RGB")).max(axis=-1)   # RGB, RGBA, P (via its palette), CMYK, ...
-    return a > 127
+    a = mask_values(mask)
+    if a.size == 0: return np.zeros(a.shape, bool)
+    if a.dtype.kind == "f" and not np.isfinite(a).all(): raise ValueError(f"mask of mode {mask.mode!r} holds NaN or infinite values")
+    lo, hi = a.min(), a.max()
+    if lo < 0: raise ValueError(f"mask of mode {mask.mode!r} holds negative values (min {lo}): not a mask")
+    if hi == 0: return np.zeros(a.shape, bool)
+    if (mask.format or "") in LOSSY_FORMATS: return a > 127
+    fg = a == hi
+    if bool((fg | (a == 0)).all()): return fg
+    half = 0.5 if a.dtype.kind == "f" and hi <= 1 else 127 if hi <= 255 else 32767 if hi <= 65535 else np.iinfo(np.int32).max // 2
+    if hi <= half:
+        vals = np.unique(a)
+        raise ValueError(f"mask of mode {mask.mode!r} holds {len(vals)} values ({', '.join(map(str, vals[:6].tolist()))}"
+                         f"{', ...' if len(vals) > 6 else ''}), none above {half}: neither a binary mask (0 and one foreground "
+                         "value) nor grey levels of a 0/255 mask. A multi-class label mask? Convert it to 0/255 first.")
+    return a > half
 
 def mask_to_tensor(mask: np.ndarray, size: int = 352) -> torch.Tensor:
     "Bool (H, W) mask -> float32 (size, size) in exactly {0, 1}, nearest-neighbour resize."
@@ -351,14 +422,18 @@ class MedVLSMDataset(PromptedDataset):
         return self._mask_paths[self._index(i)]
 
     def load_image(self, i: int) -> Image.Image:
-        "Record `i`'s image, RGB, original size."
+        "Record `i`'s image, 8-bit RGB (`image_to_rgb`), original size."
         i = self._index(i)
-        return _open_image(self._img_paths[i], "image", lambda p, m: self.problem(i, p, m)).convert("RGB")
+        im = _open_image(self._img_paths[i], "image", lambda p, m: self.problem(i, p, m))
+        try: return image_to_rgb(im)
+        except ValueError as e: raise DatasetError([self.problem(i, self._img_paths[i], f"cannot use image: {e}")]) from None
 
     def load_mask(self, i: int) -> np.ndarray:
-        "Record `i`'s mask as bool (H, W) at its original size (foreground > 127)."
+        "Record `i`'s mask as bool (H, W) at its original size (`mask_to_bool`'s rule)."
         i = self._index(i)
-        return mask_to_bool(_open_image(self._mask_paths[i], "mask", lambda p, m: self.problem(i, p, m)))
+        im = _open_image(self._mask_paths[i], "mask", lambda p, m: self.problem(i, p, m))
+        try: return mask_to_bool(im)
+        except ValueError as e: raise DatasetError([self.problem(i, self._mask_paths[i], f"cannot use mask: {e}")]) from None
 
 # %% ../nbs/03_data.ipynb #09cba23b
 def overlay_mask(image: Image.Image | np.ndarray, mask: np.ndarray, color: tuple = (255, 40, 40), alpha: float = 0.4,
@@ -602,6 +677,9 @@ class PromptCollator:
                     index=torch.tensor([int(it["index"]) for it in items], dtype=torch.long))
 
 # %% ../nbs/03_data.ipynb #2cdb47d2
+EMPTY_MASKS_OK: set[str] = {"busi", "chexlocalize"}
+"MedVLSM folders whose splits may hold empty masks (BUSI's normal images; CheXlocalize); `validate` refuses an all-empty split elsewhere."
+
 class ValidationReport(list):
     "The `Problem`s `validate` found (a list; empty when the dataset is clean), with what was checked."
     def __init__(self, dataset: str, path: Path, counts: dict[str, int], problems: Sequence[Problem],
@@ -635,8 +713,9 @@ def _check_file(path: Path, what: str, decode: bool) -> tuple[tuple[int, int] | 
 def validate(name: str, split: str | Sequence[str] | None = None, root: str | os.PathLike | None = None,
              decode: bool = False, raise_: bool = True) -> ValidationReport:
     """Check a dataset up front: annotation files parse, records are well-formed, paths stay inside the dataset,
-    every image and mask exists and opens, and each mask has its image's size (`decode=True`: also decode every file
-    and count empty masks). `split=None` checks every `anns/*.json`. Raises a `DatasetError` listing every problem
+    every image and mask exists and opens, and each mask has its image's size; a split without records is a problem
+    (`decode=True`: also decode every file, apply `mask_to_bool`'s rule to every mask, count empty masks, and refuse
+    a split whose masks are all empty unless its folder is in `EMPTY_MASKS_OK`; `fit` and `evaluate_run` decode). `split=None` checks every `anns/*.json`. Raises a `DatasetError` listing every problem
     (`raise_=False`: returns the report, a list of `Problem`s)."""
     short, folder, d = short_name(name), resolve_dataset(name), dataset_dir(name, root)
     splits = ([split] if isinstance(split, str) else list(split)) if split is not None else \
@@ -663,10 +742,13 @@ def validate(name: str, split: str | Sequence[str] | None = None, root: str | os
             if isz and msz and isz != msz:
                 probs.append(Problem(short, sp, i, str(mp), f"mask is {msz[0]}x{msz[1]} (WxH) but its image {r['img_name']} is {isz[0]}x{isz[1]}"))
             if mim is not None:
-                m = mask_to_bool(mim)
-                empties[sp] += not m.any()
-                if mim.mode != "1" and not m.any() and set(np.unique(np.asarray(mim)).tolist()) == {0, 1}:
-                    probs.append(Problem(short, sp, i, str(mp), "mask holds only 0/1 values: a label mask? MedVLSM masks are 0/255 (foreground > 127)"))
+                try: empties[sp] += not mask_to_bool(mim).any()     # the rule training and evaluation use
+                except ValueError as e: probs.append(Problem(short, sp, i, str(mp), f"cannot use mask: {e}"))
+        af = d / "anns" / f"{sp}.json"
+        if not recs: probs.append(Problem(short, sp, None, str(af), "the split has no records"))
+        elif decode and empties[sp] == len(recs) and folder not in EMPTY_MASKS_OK:
+            probs.append(Problem(short, sp, None, str(af), f"all {len(recs)} masks of the split are empty: masks saved in an "
+                                 "unexpected way? (foreground must be the non-zero value of a binary mask, or above 127)"))
     rep = ValidationReport(short, d, counts, probs, checked, empties if decode else None, decode)
     if raise_ and probs: raise DatasetError(probs, header=f"validate({name!r}) found {len(probs)} problem(s) in {d}")
     return rep

@@ -283,9 +283,13 @@ def save_adapter(model: VLSMAdapter, path: str | os.PathLike) -> Path:
     "Write the trainable weights (`adapter_model.safetensors`) and `adapter_config.json` into folder `path`."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     cfg = model.adapter_config()
-    with atomic_path(path / ADAPTER_WEIGHTS) as tmp:
-        save_file(trainable_state_dict(model), str(tmp), metadata={"adapter_config": json.dumps(cfg)})
-    atomic_write_text(path / ADAPTER_CONFIG, json.dumps(cfg, indent=2))
+    try:
+        with atomic_path(path / ADAPTER_WEIGHTS) as tmp:
+            save_file(trainable_state_dict(model), str(tmp), metadata={"adapter_config": json.dumps(cfg)})
+        atomic_write_text(path / ADAPTER_CONFIG, json.dumps(cfg, indent=2))
+    except OSError as e:
+        raise OSError(e.errno, f"could not write the adapter into {path} ({e.strerror or e}; disk full?): the files "
+                               "already there are kept as they were") from e
     return path
 
 def read_adapter_config(path: str | os.PathLike) -> dict:
@@ -294,8 +298,28 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     f = path / ADAPTER_CONFIG
     if not f.exists():
         raise FileNotFoundError(f"{path} is not an adapter folder: {ADAPTER_CONFIG} is missing (write one with save_adapter).")
-    try: return json.loads(f.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{f} is not valid JSON: {e}") from None
+    try: cfg = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is not valid JSON ({e}): truncated or edited. The weights file beside it "
+                         f"({ADAPTER_WEIGHTS}) holds a copy of the configuration in its metadata; save the adapter again "
+                         "(save_adapter), or use the run's other adapter folder (best/ or last/).") from None
+    if not isinstance(cfg, dict): raise ValueError(f"{f} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+def _read_weights(wfile: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    "(tensors, the adapter config stored in the file's metadata or None) of an adapter weights file; clear errors."
+    from safetensors import safe_open
+    if not wfile.exists(): raise FileNotFoundError(f"{wfile} is missing.")
+    try:
+        with safe_open(str(wfile), framework="pt") as f:
+            meta = (f.metadata() or {}).get("adapter_config")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"cannot read adapter weights {wfile}: {type(e).__name__}: {e} (truncated or corrupt). Use the "
+                         "run's other adapter folder (best/ or last/), or save the adapter again.") from None
+    try: meta = json.loads(meta) if meta is not None else None
+    except json.JSONDecodeError: raise ValueError(f"{wfile}: the adapter configuration in its metadata is not valid JSON") from None
+    return state, meta
 
 _ARCH_KEYS = ("method", "variant", "adapter_dim", "cond_dim", "activation", "out_activation", "text_shallow")
 
@@ -316,8 +340,18 @@ def load_adapter(model: VLSMAdapter, path: str | os.PathLike) -> VLSMAdapter:
         warnings.warn(f"Adapter in {path} was trained on {saved.get('base_model')!r} with other weights than this "
                       "model's (the checkpoint or packaged file changed since): its outputs will differ from the run's.")
     wfile = path / ADAPTER_WEIGHTS
-    if not wfile.exists(): raise FileNotFoundError(f"{wfile} is missing.")
-    state = load_file(str(wfile))
+    state, meta = _read_weights(wfile)
+    if meta is not None:     # the configuration saved with the weights: adapter_config.json must say the same
+        edited = [f"{k}: {ADAPTER_CONFIG} has {saved.get(k)!r}, the weights were saved with {meta.get(k)!r}"
+                  for k in _ARCH_KEYS + ("base_model", "base_fingerprint") if saved.get(k) != meta.get(k)]
+        if edited: raise ValueError(f"{path / ADAPTER_CONFIG} disagrees with the configuration stored in {wfile} (edited, or "
+                                    "copied from another adapter):\n  " + "\n  ".join(edited) + "\nRestore the file (the "
+                                    "weights' copy is the true one) or save the adapter again.")
+    wrong = [f"{n} ({t.dtype})" for n, t in state.items() if not t.is_floating_point()]
+    if wrong: raise ValueError(f"{wfile} holds non-float weights: {wrong[:5]}; an adapter file holds float tensors only")
+    bad_vals = [n for n, t in state.items() if not torch.isfinite(t).all()]
+    if bad_vals: raise ValueError(f"{wfile} holds non-finite values (NaN or inf) in {bad_vals[:5]}"
+                                  f"{f' and {len(bad_vals) - 5} more' if len(bad_vals) > 5 else ''}: a diverged run or a damaged file")
     expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     bad = [f"{n}: file {tuple(state[n].shape)} vs model {tuple(expected[n].shape)}"
