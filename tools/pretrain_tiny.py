@@ -48,6 +48,7 @@ ap.add_argument("--size", type=int, default=STANDIN_SIZE)
 ap.add_argument("--eval-every", type=int, default=250)
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--grey", type=float, default=0.0, help="share of scenes shown in grey (objects named by kind only)")
 ap.add_argument("--out", default=str(tiny_pretrained_path()))
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
@@ -87,7 +88,7 @@ for step in range(a.text_steps):
 
 # ---- stage 2: referring segmentation, text encoder frozen ----------------------------------------------------------
 for p in text_params: p.requires_grad_(False)
-train = ReferringScenes(a.n_train, "train", a.size, seed=7)
+train = ReferringScenes(a.n_train, "train", a.size, seed=7, grey=a.grey)
 val = ReferringScenes(a.n_val, "val", a.size, seed=7)
 print(f"scenes rendered in {time.time() - t_start:.0f}s", flush=True)
 aux = torch.nn.Linear(base.config.vision_config.hidden_size, len(COLORS) + 1 + len(SHAPE_KINDS) + 1)
@@ -97,7 +98,8 @@ sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.step
 loss_fn, patch = DiceBCELoss(), base.config.vision_config.patch_size
 colour_of = torch.full((len(train), 4), len(COLORS)); kind_of = torch.full((len(train), 4), len(SHAPE_KINDS))
 for j, lay in enumerate(train.layouts):
-    for t, sh in enumerate(lay): colour_of[j, t + 1] = COLORS.index(sh["color"]); kind_of[j, t + 1] = SHAPE_KINDS.index(sh["kind"])
+    for t, sh in enumerate(lay):
+        colour_of[j, t + 1] = COLORS.index(sh["color"]) if sh["color"] else len(COLORS); kind_of[j, t + 1] = SHAPE_KINDS.index(sh["kind"])
 
 def patch_targets(images):
     "Per patch: the colour and kind of the object covering > 40 % of it (else 'none')."

@@ -257,9 +257,9 @@ def referring_rows(layout: list[dict], rng: np.random.Generator) -> list[tuple[s
     from .data import SHAPE_COLORS, SHAPE_KINDS
     rows = []
     for t, sh in enumerate(layout):
-        how = ("both", "colour", "kind")[rng.integers(3)]
+        how = ("both", "colour", "kind")[rng.integers(3)] if sh["color"] else "kind"   # a grey object has no colour name
         rows.append((referring_prompt(how, sh["color"] if how != "kind" else None, sh["kind"] if how != "colour" else None, rng), how, t))
-    colors = [c for c in SHAPE_COLORS if c not in {s["color"] for s in layout}]
+    colors = [c for c in SHAPE_COLORS if c not in {s["color"] for s in layout}]     # all four when the image is grey
     kinds = [k for k in SHAPE_KINDS if k not in {s["kind"] for s in layout}]
     if kinds and rng.random() < 0.5: rows.append((referring_prompt("kind", None, kinds[rng.integers(len(kinds))], rng), "absent", -1))
     else:
@@ -270,9 +270,11 @@ def referring_rows(layout: list[dict], rng: np.random.Generator) -> list[tuple[s
 
 class ReferringScenes:
     """`n` images of coloured shapes (alternately three and two per image, from `SyntheticDataset`) rendered once at
-    `size`, with their label maps and layouts: the pretraining task of the stand-in base. `batch(images, rng)` gives
-    every chosen image with all of its `referring_rows` (its objects and one absent one) as one batch."""
-    def __init__(self, n: int, split: str = "train", size: int = 160, seed: int = 0):
+    `size`, with their label maps and layouts: the pretraining task of the stand-in base. A share `grey` of the
+    images is shown in grey (luminance only, every object's colour then unnamed: such objects are named by kind,
+    and every colour is absent). `batch(images, rng)` gives every chosen image with all of its `referring_rows` (its
+    objects and one absent one) as one batch."""
+    def __init__(self, n: int, split: str = "train", size: int = 160, seed: int = 0, grey: float = 0.0):
         from .data import SyntheticDataset
         from PIL import Image
         self.size, self.split = int(size), split
@@ -281,9 +283,13 @@ class ReferringScenes:
         for j in range(n):
             ds, jj = src[j % 2], j // 2
             img, lab = ds.render(jj)
+            lay = ds.layout(jj)
+            if np.random.default_rng([abs(seed), j, 77]).random() < grey:
+                img = np.repeat((img.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, -1).astype(np.uint8)
+                lay = [dict(sh, color=None) for sh in lay]
             imgs.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)).transpose(2, 0, 1))
             labs.append(np.asarray(Image.fromarray(lab).resize((size, size), Image.NEAREST)))
-            self.layouts.append(ds.layout(jj))
+            self.layouts.append(lay)
         self.images, self.labels = torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(labs))
 
     def __len__(self) -> int: return len(self.layouts)

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .clipseg import load_clipseg, clip_tokenizer
+from .clipseg import load_clipseg, clip_tokenizer, DEFAULT_MODEL
 from .model import (VLSMAdapter, METHODS, VARIANTS, ADAPTER_METHODS, ADAPTER_CONFIG, check_choice,
                                 load_vlsm_adapter, read_adapter_config)
 from .data import get_dataset, PromptCollator, PAPER_NAMES, SYNTHETIC, short_name, overlay_mask, is_generated, validate
@@ -30,11 +30,11 @@ __all__ = ['RUN_CONFIG', 'RUN_SUMMARY', 'WHICH', 'SPLITS', 'EVAL_KIND', 'METRIC_
            'PAPER_TABLE1_CSV', 'PAPER_TABLE2_CSV', 'E2E_NOTE', 'read_run', 'load_run', 'run_dataset', 'predict_mask',
            'mask_png_name', 'write_mask_png', 'read_mask_png', 'EvalResult', 'evaluate_run', 'load_eval',
            'summary_table', 'paper_table', 'paper_row', 'compare_with_paper', 'case_image', 'show_cases',
-           'plot_metric_hist', 'build_parser', 'report', 'main']
+           'plot_metric_hist', 'build_parser', 'report', 'main', 'zero_shot_table']
 
 # %% ../nbs/06_evaluate.ipynb #18bc16e1
 RUN_CONFIG, RUN_SUMMARY = "config.json", "summary.json"
-WHICH = ("best", "last")
+WHICH = ("best", "last", "base")    # base: the run's frozen base model alone (zero-shot)
 SPLITS = ("train", "val", "test")
 
 def read_run(run_dir: str | os.PathLike) -> dict:
@@ -65,7 +65,8 @@ def read_run(run_dir: str | os.PathLike) -> dict:
 
 def load_run(run_dir: str | os.PathLike, which: str = "best", clipseg=None, tokenizer=None,
              device: str | torch.device | None = None) -> tuple[VLSMAdapter, Any, dict]:
-    """Rebuild the model of run folder `run_dir` from its `which` adapter folder ('best' or 'last').
+    """Rebuild the model of run folder `run_dir` from its `which` adapter folder ('best' or 'last'), or its base
+    model alone, without any trained weight (`which='base'`: the zero-shot baseline).
     Returns `(model in eval mode, tokenizer, train_config)`; `model.loaded_from` is the adapter folder used.
     The base CLIPSeg is loaded by the name in the run's config unless `clipseg` is given (then `tokenizer`,
     default: CLIP's offline tokenizer). Note: e2e/decoder runs store base weights, which are loaded into `clipseg`."""
@@ -75,6 +76,12 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", clipseg=None, toke
     if info["status"] != "finished":
         warnings.warn(f"run {str(run)!r} is unfinished ({RUN_SUMMARY} {'missing' if info['summary'] is None else 'says ' + repr(info['status'])}): "
                       f"evaluating its {which!r} weights as they are now.", stacklevel=2)
+    if which == "base":                  # zero-shot: the base as loaded, run through the stock CLIPSeg computation
+        if clipseg is None: clipseg, tokenizer = load_clipseg(tc.get("model") or DEFAULT_MODEL)
+        elif tokenizer is None: tokenizer = clip_tokenizer()
+        model = VLSMAdapter(clipseg, "decoder").to(device or "cpu")
+        model.loaded_from = run / "base"
+        return model.eval(), tokenizer, tc
     folder = run / which
     if not (folder / ADAPTER_CONFIG).is_file():
         alt = run / "last"
@@ -503,3 +510,12 @@ def main(argv: list[str] | None = None) -> EvalResult:
     return r
 
 if __name__ == "__main__" and not in_ipython(): main()
+
+def zero_shot_table(base: dict, adapted: dict, digits: int = 1) -> pd.DataFrame:
+    "Zero-shot (the frozen base) beside the adapted model: test Dice/IoU/HD95 (mean ± std) and trainable parameters."
+    rows = {}
+    for name, s in (("zero-shot (frozen base)", base), (f"{adapted.get('method')} {adapted.get('variant') or ''}".strip(), adapted)):
+        tr, tot = (0, s.get("total_params")) if s is base else (s.get("trainable_params"), s.get("total_params"))
+        rows[name] = {METRIC_LABELS[m]: _pm(s[f"{m}_mean"], s[f"{m}_std"], digits) for m in ("dice", "iou", "hd95")}
+        rows[name]["trainable"] = f"{tr:,}" + (f" ({100 * tr / tot:.1f} %)" if tot else "") if tr is not None else "?"
+    return pd.DataFrame(rows).T

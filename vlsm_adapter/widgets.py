@@ -19,15 +19,15 @@ from PIL import Image, UnidentifiedImageError
 from matplotlib.figure import Figure
 from safetensors import safe_open
 
-from .clipseg import load_clipseg, OFFLINE_MODELS, DEFAULT_MODEL
+from .clipseg import load_clipseg, OFFLINE_MODELS, DEFAULT_MODEL, STANDIN_SIZE
 from .model import (VLSMAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_vlsm_adapter, read_adapter_config)
-from .data import get_dataset, image_to_tensor, overlay_mask, all_prompts, PromptCollator, DATASETS, SYNTHETIC
+from .data import get_dataset, image_to_tensor, overlay_mask, all_prompts, PromptCollator, DATASETS, SYNTHETIC, SYNTHETIC_US, GENERATED
 from .metrics import dice_score, iou_score
 
 # %% auto #0
 __all__ = ['RUN_CONFIG', 'RUN_SUMMARY', 'resolve_adapter', 'find_runs', 'adapter_label', 'image_digest', 'torch_threads',
            'DemoSession', 'render', 'figure_png', 'DemoItem', 'load_item', 'dataset_length', 'UploadError',
-           'image_from_upload', 'DemoApp', 'demo_app']
+           'image_from_upload', 'DemoApp', 'default_base', 'demo_app']
 
 # %% ../nbs/07_demo.ipynb #0577141c
 RUN_CONFIG, RUN_SUMMARY = "config.json", "summary.json"
@@ -114,14 +114,14 @@ class DemoSession:
     """One base CLIPSeg (loaded once) with a swappable adapter. `predict` caches its last result, so re-thresholding
     costs no model call. Counters: `base_loads`, `forward_calls`, `cache_hits`; `last_swap_ms` is the last swap's time."""
     def __init__(self,
-                 base: str = "tiny",            # a `load_clipseg` name: "tiny", "random", a hub id or a local folder
+                 base: str = "tiny-pretrained", # a `load_clipseg` name: "tiny-pretrained", "tiny", "random", a hub id or a folder
                  device: str | torch.device | None = None,   # default: CPU
-                 image_size: int = 352,         # model input size when the adapter's run does not say otherwise
+                 image_size: int | None = None, # input size when the adapter's run does not say: 160 on the tiny bases, else 352
                  keep_adapters: int = 8,        # adapters kept in memory for instant switching back
                  swap_threads: int | None = 1,  # torch threads while loading an adapter (None: as they are)
                  verbose: bool = True):         # print load times
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.default_image_size, self.keep_adapters, self.verbose = int(image_size), int(keep_adapters), verbose
+        self._image_size_arg, self.keep_adapters, self.verbose = image_size, int(keep_adapters), verbose
         self.swap_threads = swap_threads
         self.base_loads = self.forward_calls = self.cache_hits = 0
         self.last_swap_ms = None
@@ -141,6 +141,7 @@ class DemoSession:
         self.base_loads += 1
         self._base_id += 1
         self.base_name, self.clipseg, self.tokenizer = str(name), clipseg, tok
+        self.default_image_size = int(self._image_size_arg or (STANDIN_SIZE if self.base_name.startswith("tiny") else 352))
         self._collate = PromptCollator(tok)
         self._backup: dict[str, torch.Tensor] | None = None
         self._kept: OrderedDict = OrderedDict()
@@ -365,7 +366,7 @@ def _esc(s: Any) -> str: return html.escape(str(s))
 
 class DemoApp(W.VBox):
     "The interactive demo: image source, prompt, base model, adapter, threshold; figure and metrics. See `demo_app`."
-    def __init__(self, session: DemoSession, dataset: str = SYNTHETIC, root: str | os.PathLike | None = None,
+    def __init__(self, session: DemoSession, dataset: str = SYNTHETIC_US, root: str | os.PathLike | None = None,
                  split: str = "test", index: int = 0, runs: Sequence[str | os.PathLike] | None = None,
                  runs_dir: str | os.PathLike | None = None, bases: Sequence[str] | None = None,
                  threshold: float = 0.5, prompt: str | None = None):
@@ -374,7 +375,7 @@ class DemoApp(W.VBox):
         self.runs_dir = Path(runs_dir) if runs_dir is not None else _default_runs_dir()
         lay = W.Layout(width="330px")
         self.source = W.ToggleButtons(options=["dataset", "upload"], value="dataset", description="image from")
-        self.dataset = W.Combobox(value=str(dataset), options=[SYNTHETIC, *DATASETS], description="dataset",
+        self.dataset = W.Combobox(value=str(dataset), options=[*GENERATED, *DATASETS], description="dataset",
                                   ensure_option=False, continuous_update=False, layout=lay)
         self.root = W.Text(value="" if root is None else str(root), description="data root", layout=lay,
                            placeholder="default: $VLSM_DATA or data/", continuous_update=False)
@@ -426,7 +427,7 @@ class DemoApp(W.VBox):
         return _Q()
 
     def _info(self, msg: str, kind: str = "info"):
-        color = {"info": "#555", "ok": "#1a7f37", "error": "#b42318"}[kind]
+        color = {"info": "#555", "ok": "#1a7f37", "warn": "#b54708", "error": "#b42318"}[kind]
         self.status.value = f'<div style="color:{color};white-space:pre-wrap;font-family:monospace">{_esc(msg)}</div>'
         if kind == "error": self.last_error = msg
 
@@ -502,11 +503,16 @@ class DemoApp(W.VBox):
 
     def _on_adapter(self, change):
         if self._quiet: return
-        try: ms = self.session.set_adapter(change["new"])
+        try:
+            with warnings.catch_warnings(record=True) as caught:     # e.g. "trained on other base weights": said in the app
+                warnings.simplefilter("always")
+                ms = self.session.set_adapter(change["new"])
         except Exception as e:
             with self._hold(): self.adapter.value = change["old"]
             return self._error(e)
-        self._info(f"{self.session.describe()}: swapped in {ms:.1f} ms (base model not reloaded)", "ok")
+        msg = f"{self.session.describe()}: swapped in {ms:.1f} ms (base model not reloaded)"
+        if caught: return self._info(msg + "\nWARNING: " + "\n".join(str(w.message) for w in caught), "warn") or self.update(keep_status=True)
+        self._info(msg, "ok")
         self.update(keep_status=True)
 
     def update(self, keep_status: bool = False):
@@ -526,10 +532,19 @@ class DemoApp(W.VBox):
             self._info(f"{self.session.describe()} · model calls so far: {self.session.forward_calls}, "
                        f"cache hits: {self.session.cache_hits}")
 
-def demo_app(session: DemoSession | None = None, dataset: str = SYNTHETIC, root: str | os.PathLike | None = None,
+def default_base(runs_dir: str | os.PathLike | None = None) -> str:
+    "The base model of the newest run found in `runs_dir` (default: `runs/` or `../runs`), so the listed adapters fit; else 'tiny-pretrained'."
+    d = Path(runs_dir) if runs_dir is not None else _default_runs_dir()
+    runs = sorted(find_runs(d), key=lambda r: r.stat().st_mtime) if d is not None else []
+    for r in reversed(runs):
+        tc = _train_config(r)
+        if tc and tc.get("model"): return str(tc["model"])
+    return "tiny-pretrained"
+
+def demo_app(session: DemoSession | None = None, dataset: str = SYNTHETIC_US, root: str | os.PathLike | None = None,
              split: str = "test", runs: Sequence[str | os.PathLike] | None = None, runs_dir: str | os.PathLike | None = None,
              **kwargs) -> DemoApp:
     """The interactive demo (an `ipywidgets` widget: display it in JupyterLab). `session`: a `DemoSession` (default: a
-    new one on the tiny base); `runs`: run/adapter folders for the adapter menu, besides those found in `runs_dir`
+    new one on `default_base(runs_dir)`, the base the newest listed run was trained on); `runs`: run/adapter folders for the adapter menu, besides those found in `runs_dir`
     (default: `runs/` or `../runs`). Other arguments (`index`, `bases`, `threshold`, `prompt`) go to `DemoApp`."""
-    return DemoApp(session or DemoSession(), dataset=dataset, root=root, split=split, runs=runs, runs_dir=runs_dir, **kwargs)
+    return DemoApp(session or DemoSession(default_base(runs_dir)), dataset=dataset, root=root, split=split, runs=runs, runs_dir=runs_dir, **kwargs)
