@@ -66,6 +66,10 @@ def test_glob_and_single_file(run):
     rows = main([str(run / "run"), "--images", str(run / "imgs" / "*.png"), "--prompt", PROMPT, "--out", str(run / "g"),
                  "--no-progress", "--batch-size", "1"])
     assert [Path(r["mask"]).name for r in rows] == ["im1.png", "im3.png"]
+    ok = subprocess.run([sys.executable, "-m", "vlsm_adapter.predict", str(run / "run"), "--images", str(run / "imgs" / "im3.png"),
+                         "--prompt", PROMPT, "--out", str(run / "sub"), "--no-progress"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "wrote 1 mask(s)" in ok.stdout, ok.stderr                        # the console script exits 0
+    assert (np.asarray(Image.open(run / "sub" / "masks" / "im3.png")) == np.asarray(Image.open(rows[1]["mask"]))).all()
     one = predict_images(run / "run", run / "imgs" / "im3.png", PROMPT, run / "one", progress=False)
     assert (np.asarray(Image.open(one[0]["mask"])) == np.asarray(Image.open(rows[1]["mask"]))).all()   # batch size does not matter
     # an adapter folder and its run folder give the same masks

@@ -144,6 +144,9 @@ def test_command(tmp_path, cleanup_names, capsys):
     out = main([str(imgs), str(msks), "--out", str(tmp_path / "data"), "--name", "cmd", "--template", "{size} {name}", "--seed", "2"])
     assert "validated" in capsys.readouterr().out
     assert load_annotations(out / "anns" / "train.json")[0]["prompts"]["p1"] == "small cmd"
+    ok = subprocess.run([sys.executable, "-m", "vlsm_adapter.prepare", str(imgs), str(msks), "--out", str(tmp_path / "d3"), "--name", "cmd3"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "validated" in ok.stdout and ok.stderr.strip() == "", ok.stderr   # the console script exits 0
     r = subprocess.run([sys.executable, "-m", "vlsm_adapter.prepare", str(imgs), str(tmp_path / "nope"), "--out", str(tmp_path / "d2"), "--name", "z"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "masks folder" in r.stderr and "does not exist" in r.stderr
