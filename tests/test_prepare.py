@@ -169,3 +169,13 @@ def test_real_clinicdb_images(tmp_path, cleanup_names):
     agree_size = np.mean([ours[k][1] == theirs[k][1] for k in ours])
     agree_count = np.mean([ours[k][0] == theirs[k][0] for k in ours])
     assert agree_size >= 0.95 and agree_count >= 0.9, (agree_size, agree_count)
+
+
+def test_training_finds_the_prepared_dataset(tmp_path, cleanup_names):
+    from vlsm_adapter.train import fit, TrainConfig
+    imgs, msks, _ = make_folder(tmp_path / "raw", n=8, size=(64, 48))
+    prepare_dataset(imgs, msks, tmp_path / "data", "trainme", mask_suffix="_mask", split=(0.5, 0.25, 0.25))
+    r = fit(TrainConfig(dataset="trainme", data_root=str(tmp_path / "data"), model="tiny", method="shallow", variant="v",
+                        batch_size=4, max_epochs=1, image_size=64, progress=False, out_dir=str(tmp_path / "run")))
+    assert r.best_epoch == 1 and len(r.history) == 1
+    assert (tmp_path / "run" / "best" / "adapter_config.json").is_file()
