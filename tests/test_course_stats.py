@@ -1,0 +1,45 @@
+"""tools/course_stats.py: the course figures, checked on a notebook written in the test."""
+import importlib.util, json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("course_stats", ROOT / "tools" / "course_stats.py")
+cs = importlib.util.module_from_spec(spec); spec.loader.exec_module(cs)
+
+
+def nb(cells):
+    return {"cells": [{"cell_type": t, "source": s, "metadata": {}} | ({"outputs": []} if t == "code" else {}) for t, s in cells],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_figures(tmp_path):
+    p = tmp_path / "x.ipynb"
+    p.write_text(json.dumps(nb([
+        ("markdown", "# Title\n\nWe teach `used` here. " + "word " * 394),        # 6 + 394 = 400 words
+        ("code", "#| export\ndef used(x):\n    return x\n\ndef _private(): pass\nCONST = 3\n"),   # 4 code lines
+        ("code", "#| export\nclass Hidden:\n    pass\n"),                         # 2 code lines
+        ("code", "used(1)\n" + "y = 2\n" * 44),                                   # 45 lines: a long cell
+        ("code", "CONST\n"),
+    ])))
+    r = cs.stats(p)
+    assert r["cells"] == 5 and r["code_lines"] == 4 + 2 + 45 + 1
+    assert (r["max_cell"], r["median_cell"], r["long_cells"]) == (45, 3.0, 1)
+    assert r["exported"] == 3                       # used, CONST, Hidden (not _private)
+    assert r["untaught"] == 1                       # Hidden is never mentioned outside its export cell
+    assert r["not_run"] == 1                        # ... and never in a demonstration cell
+    assert r["words"] == 400
+    assert abs(r["minutes"] - (400 / 200 + 52 / 10)) < 1e-9
+    t = cs.table([r, r])
+    assert "| **total** | 10 | 104 | 45 | – | 2 | 6 | 2 | 2 | 800 |" in t
+
+
+def test_mention_in_prose_counts_as_taught_but_not_run(tmp_path):
+    p = tmp_path / "y.ipynb"
+    p.write_text(json.dumps(nb([("code", "#| export\ndef helper(): pass\n"), ("markdown", "`helper` does little.")])))
+    r = cs.stats(p)
+    assert (r["untaught"], r["not_run"]) == (0, 1)
+
+
+def test_every_course_notebook_parses():
+    rows = [cs.stats(p) for p in sorted((ROOT / "nbs").glob("*.ipynb"))]
+    assert rows and all(r["cells"] > 0 for r in rows)

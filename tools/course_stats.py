@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Course figures per notebook: size, cell lengths, exported symbols and how many are never shown, reading time.
+
+    python tools/course_stats.py [NOTEBOOK ...]      # default: every nbs/*.ipynb; prints a Markdown table
+
+Definitions (so the figures can be checked):
+- cells: all cells; code lines: non-blank lines of code cells (directive lines such as `#| export` excluded);
+  max / median: of the code lines per code cell; >40: code cells above 40 lines.
+- exported: top-level names (functions, classes, assignments not starting with `_`) defined in `#| export` /
+  `#| exports` cells (what nbdev puts in the module).
+- untaught: exported names never mentioned (as a whole word) in any non-export cell, prose or code;
+  not run: exported names never mentioned in a non-export *code* cell (no demonstration or test calls them).
+- reading minutes: prose words (markdown cells) at 200 words/min + code lines at 10 lines/min.
+"""
+import ast, json, re, statistics, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS_PER_MIN, CODE_LINES_PER_MIN, LONG = 200, 10, 40
+DIRECTIVE = re.compile(r"^\s*#\s*\|")
+
+def _src(cell) -> str:
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+def _is_export(src: str) -> bool:
+    return any(re.match(r"^\s*#\s*\|\s*export", l) for l in src.splitlines())
+
+def _code_lines(src: str) -> int:
+    return sum(1 for l in src.splitlines() if l.strip() and not DIRECTIVE.match(l))
+
+def _exported(src: str) -> list[str]:
+    try: tree = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+    except SyntaxError: return []
+    names = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name): names.append(n.id)
+    return [n for n in dict.fromkeys(names) if not n.startswith("_")]
+
+def stats(path: Path) -> dict:
+    cells = json.loads(path.read_text())["cells"]
+    code = [_src(c) for c in cells if c["cell_type"] == "code"]
+    lens = [_code_lines(s) for s in code]
+    exported = [n for s in code if _is_export(s) for n in _exported(s)]
+    other = [_src(c) for c in cells if not (c["cell_type"] == "code" and _is_export(_src(c)))]
+    other_code = [_src(c) for c in cells if c["cell_type"] == "code" and not _is_export(_src(c))]
+    said = lambda n, texts: any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", t) for t in texts)
+    words = sum(len(_src(c).split()) for c in cells if c["cell_type"] == "markdown")
+    return dict(notebook=path.name, cells=len(cells), code_lines=sum(lens), max_cell=max(lens, default=0),
+                median_cell=statistics.median(lens) if lens else 0, long_cells=sum(l > LONG for l in lens),
+                exported=len(exported), untaught=sum(not said(n, other) for n in exported),
+                not_run=sum(not said(n, other_code) for n in exported), words=words,
+                minutes=words / WORDS_PER_MIN + sum(lens) / CODE_LINES_PER_MIN)
+
+COLS = [("notebook", "notebook"), ("cells", "cells"), ("code_lines", "code lines"), ("max_cell", "max cell"),
+        ("median_cell", "median cell"), ("long_cells", f">{LONG} lines"), ("exported", "exported"),
+        ("untaught", "untaught"), ("not_run", "not run"), ("words", "prose words"), ("minutes", "reading min")]
+
+def table(rows: list[dict]) -> str:
+    allc = [r for r in rows]
+    tot = dict(notebook="**total**", cells=sum(r["cells"] for r in allc), code_lines=sum(r["code_lines"] for r in allc),
+               max_cell=max((r["max_cell"] for r in allc), default=0), median_cell=None,
+               long_cells=sum(r["long_cells"] for r in allc), exported=sum(r["exported"] for r in allc),
+               untaught=sum(r["untaught"] for r in allc), not_run=sum(r["not_run"] for r in allc),
+               words=sum(r["words"] for r in allc), minutes=sum(r["minutes"] for r in allc))
+    fmt = lambda k, v: "–" if v is None else f"{v:.0f}" if k == "minutes" else (f"{v:g}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(h for _, h in COLS) + " |", "|" + "|".join("---" if k == "notebook" else "---:" for k, _ in COLS) + "|"]
+    lines += ["| " + " | ".join(fmt(k, r[k]) for k, _ in COLS) + " |" for r in [*rows, tot]]
+    return "\n".join(lines) + f"\n\nTotal reading time: {tot['minutes'] / 60:.1f} h ({WORDS_PER_MIN} prose words/min + {CODE_LINES_PER_MIN} code lines/min)."
+
+def main(argv=None):
+    args = sys.argv[1:] if argv is None else argv
+    paths = [Path(a) for a in args] or sorted((ROOT / "nbs").glob("*.ipynb"))
+    print(table([stats(p) for p in paths]))
+
+if __name__ == "__main__": main()
