@@ -19,7 +19,10 @@ A miniature of how CLIPSeg got its base, in two stages:
    object's prompt, as DESIGN notes for plain training). The vision encoder and decoder learn from scratch, with one
    auxiliary loss: a linear head on the last extracted vision layer predicts each patch's colour and kind (the
    head is thrown away). Without it the grounding stalls (right 55.7 / swap 40.0 Dice at step 1000); with it the
-   swap score falls below 8 by step 1000.
+   swap score falls below 8 by step 1000. 30 % of the scenes are shown in grey (objects then named by kind only),
+   so that the base knows shapes apart from their colour; measured on the target domain (synthetic-us, dense VL,
+   lr 3e-3, 768 records, 10 epochs): validation Dice 33.8 from a base pretrained on colour scenes only, 50.0 from
+   one with 30 % grey scenes (2,000 pretraining steps).
 """
 import argparse, json, time
 from pathlib import Path
@@ -48,7 +51,7 @@ ap.add_argument("--size", type=int, default=STANDIN_SIZE)
 ap.add_argument("--eval-every", type=int, default=250)
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--grey", type=float, default=0.0, help="share of scenes shown in grey (objects named by kind only)")
+ap.add_argument("--grey", type=float, default=0.3, help="share of scenes shown in grey (objects named by kind only)")
 ap.add_argument("--out", default=str(tiny_pretrained_path()))
 a = ap.parse_args()
 torch.set_num_threads(a.threads)

@@ -26,7 +26,7 @@ from .utils import atomic_path, atomic_write_text, seed_everything, in_test, in_
 __all__ = ['DEFAULT_LR', 'PRECISIONS', 'RESUMABLE_CHANGES', 'CHECKPOINT', 'SUMMARY', 'CONFIG', 'METRICS', 'CURVES', 'LOCK',
            'CHECKPOINT_KEYS', 'TrainConfig', 'make_accelerator', 'FeatureCache', 'RunFolderBusy', 'run_lock',
            'load_checkpoint', 'prepare_out_dir', 'trivial_dice', 'FitResult', 'plot_history', 'fit', 'build_parser',
-           'main']
+           'main', 'cli']
 
 # %% ../nbs/05_train.ipynb #4b6344f1
 DEFAULT_LR = {"dense": 1e-3, "e2e": 1e-3, "decoder": 1e-3, "shallow": 3e-4}
@@ -533,5 +533,9 @@ def main(argv: list[str] | None = None) -> FitResult:
     r = fit(cfg)
     print(f"best validation Dice {r.best_val_dice:.2f} at epoch {r.best_epoch} -> {r.out_dir}")
     return r
+
+def cli() -> None:
+    "The `vlsm-train` console script: `main` with exit status 0 on success (a console script exits with what its function returns)."
+    main()
 
 if __name__ == "__main__" and not in_ipython(): main()
