@@ -132,3 +132,24 @@ def test_decoded_cache_real_clinicdb(tmp_path):
     for i in (0, 7, len(plain) - 1):
         assert torch.equal(plain[i]["pixel_values"], cached[i]["pixel_values"]) and torch.equal(plain[i]["mask"], cached[i]["mask"])
         assert plain[i]["orig_size"] == tuple(cached[i]["orig_size"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hd95_distance_transform_path_equals_kdtree(monkeypatch, seed):
+    "Fragmented masks take the distance-transform path; its distances (and HD95) equal the KD-tree's exactly."
+    from scipy import ndimage
+    from scipy.spatial.distance import directed_hausdorff
+    import vlsm_adapter.metrics as M
+    rng = np.random.default_rng(seed)
+    g = np.zeros((180, 240), bool); g[40:150, 60:200] = True
+    p = ndimage.gaussian_filter(rng.random((180, 240)), 1.5) > 0.5          # many small fragments
+    bd = {}
+    for name, frac in (("kdtree", math.inf), ("edt", 0.0)):
+        monkeypatch.setattr(M, "EDT_MIN_FRACTION", frac)
+        bd[name] = (M.boundary_distances(p, g), M.hd95(p, g), M.hd95(p, g, percentile=100))
+    (a, hk, hk100), (b, he, he100) = bd["kdtree"], bd["edt"]
+    assert np.array_equal(a.pred_points, b.pred_points) and np.array_equal(a.pred_to_gt, b.pred_to_gt)
+    assert np.array_equal(a.gt_to_pred, b.gt_to_pred) and hk == he and hk100 == he100
+    # and the plain Hausdorff distance is SciPy's, on the boundary pixels
+    P, G = a.pred_points, a.gt_points
+    assert he100 == pytest.approx(max(directed_hausdorff(P, G)[0], directed_hausdorff(G, P)[0]), abs=1e-12)
