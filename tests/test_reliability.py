@@ -112,7 +112,8 @@ def test_only_checkpoints_are_unpickled_in_the_package():
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if any(k in line for k in ("torch.load(", "pickle.load", "pickle.loads", "joblib.load", "np.load(")):
                 hits.append((f.name, n, line.strip()))
-    calls = [h for h in hits if not h[2].startswith(('"', "#"))]          # not docstrings or comments
+    calls = [h for h in hits if not h[2].startswith(('"', "#"))          # not docstrings or comments
+             and not ("np.load(" in h[2] and h[2].count("np.load(") == h[2].count("allow_pickle=False"))]   # plain arrays only
     assert [h[0] for h in calls] == ["train.py"] and "weights_only=True" in calls[0][2], calls
 
 

@@ -132,7 +132,7 @@ def test_base_alone_is_stock_clipseg(session, image):
     prob = session.predict(image, "a red circle")
     ids = session.tokenizer(["a red circle"], return_tensors="pt")
     with torch.no_grad():
-        ref = stock_logits(session.clipseg, image_to_tensor(image)[None], ids.input_ids, ids.attention_mask)
+        ref = stock_logits(session.clipseg, image_to_tensor(image, session.image_size)[None], ids.input_ids, ids.attention_mask)
     ref = F.interpolate(torch.sigmoid(ref)[None], size=image.size[::-1], mode="bilinear", align_corners=False)[0, 0]
     np.testing.assert_allclose(prob, ref.numpy(), atol=1e-5)
 

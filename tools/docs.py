@@ -36,7 +36,7 @@ def readme_text(index: Path = NBS / "index.ipynb") -> str:
         s = _src(c).strip()
         if not s or s.startswith("#| hide"): continue
         if c["cell_type"] == "markdown":
-            s = re.sub(r"\]\((\d\d_[\w-]+\.ipynb)", r"](nbs/\1", s)          # notebook links from the repo root
+            s = re.sub(r"\]\((\d\d_[\w-]+\.ipynb|[\w-]+\.qmd)", r"](nbs/\1", s)   # notebook and page links from the repo root
             parts.append(s)
         else:
             parts.append("```python\n" + "\n".join(l for l in s.splitlines() if not l.startswith("#|")) + "\n```")

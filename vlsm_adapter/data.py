@@ -18,13 +18,13 @@ from torch.utils.data import Dataset
 # %% auto #0
 __all__ = ['DATASETS', 'PAPER_NAMES', 'SPLIT_DIRS', 'SYNTHETIC', 'DATA_ENV', 'MEDVLSM_URL', 'IMAGENET_MEAN', 'IMAGENET_STD',
            'DEEP_MODES', 'LOSSY_FORMATS', 'SHAPE_COLORS', 'SHAPE_KINDS', 'SYNTHETIC_US', 'US_STRUCTURES',
-           'SYNTHETIC_SIZES', 'GENERATED', 'EMPTY_MASKS_OK', 'register_dataset', 'known_datasets', 'short_name',
-           'resolve_dataset', 'data_root', 'dataset_dir', 'Problem', 'DatasetError', 'prompt_keys', 'unsafe_name',
-           'check_record', 'read_annotations', 'load_annotations', 'all_prompts', 'choose_prompt', 'item_rng',
-           'check_prompt_arg', 'image_to_rgb', 'image_to_tensor', 'denormalize', 'mask_values', 'mask_to_bool',
-           'mask_to_tensor', 'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items', 'shape_prompts',
-           'SyntheticDataset', 'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset', 'PromptCollator',
-           'ValidationReport', 'validate', 'write_medvlsm', 'DecodedCache']
+           'SYNTHETIC_SIZES', 'US_SIZES', 'GENERATED', 'EMPTY_MASKS_OK', 'register_dataset', 'known_datasets',
+           'short_name', 'resolve_dataset', 'data_root', 'dataset_dir', 'Problem', 'DatasetError', 'prompt_keys',
+           'unsafe_name', 'check_record', 'read_annotations', 'load_annotations', 'all_prompts', 'choose_prompt',
+           'item_rng', 'check_prompt_arg', 'image_to_rgb', 'image_to_tensor', 'denormalize', 'mask_values',
+           'mask_to_bool', 'mask_to_tensor', 'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items',
+           'shape_prompts', 'SyntheticDataset', 'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset',
+           'PromptCollator', 'ValidationReport', 'validate', 'write_medvlsm', 'DecodedCache']
 
 # %% ../nbs/03_data.ipynb #90856b03
 DATASETS: dict[str, str] = {
@@ -582,7 +582,8 @@ def us_prompts(structure: str, size: str, where: str) -> dict[str, str | list[st
 class SyntheticUltrasound(SyntheticDataset):
     """The target domain: grey, speckled ultrasound-like images with `shapes` (2 or 3) low-contrast structures (cyst,
     tumor, lymph node), one record per structure, prompts naming it in the MedVLSM style. Same interface and
-    determinism as `SyntheticDataset`."""
+    determinism as `SyntheticDataset`. `speckle` scales the multiplicative speckle noise (1: B-mode-like)."""
+    speckle: float = 1.0
     def __init__(self, n: int = 256, split: str = "train", size: int = 352, seed: int = 0, prompt: str = "random",
                  variant: str = "first", orig_size: tuple[int, int] = (240, 320), shape_frac: tuple[float, float] = (0.24, 0.38),
                  shapes: int = 3):
@@ -632,11 +633,14 @@ class SyntheticUltrasound(SyntheticDataset):
                 echo[m] *= 0.45; echo[ndimage.binary_erosion(m, iterations=max(1, int(sh["s"] * 0.2)))] *= 1.6
         echo = ndimage.gaussian_filter(echo, 1.2)
         speckle = ndimage.gaussian_filter(rng.rayleigh(1.0, (H, W)).astype(np.float32), 0.7) / 1.2
+        speckle = 1 + self.speckle * (speckle - 1)                                          # multiplicative speckle
         img = np.clip(echo * speckle * 200, 0, 255).astype(np.uint8)
         return np.repeat(img[..., None], 3, axis=-1), lab
 
 # %% ../nbs/03_data.ipynb #96ab7a33
 SYNTHETIC_SIZES: dict[str, int] = {"train": 256, "val": 64, "test": 64}
+US_SIZES: dict[str, int] = {"train": 768, "val": 96, "test": 96}
+"Default records per split of `synthetic-us` (three per image): the quickstart's adapters need more steps there."
 
 GENERATED: dict[str, type] = {SYNTHETIC: SyntheticDataset, SYNTHETIC_US: SyntheticUltrasound}
 "The datasets generated in memory (no files), by name."
@@ -648,7 +652,7 @@ def is_generated(name) -> bool:
 def get_dataset(name: str, split: str, root: str | os.PathLike | None = None, **kwargs) -> PromptedDataset:
     "The `split` of dataset `name`: a generated one (`'synthetic'`, `'synthetic-us'`), else `MedVLSMDataset` under `root`."
     if is_generated(name):
-        kwargs.setdefault("n", SYNTHETIC_SIZES.get(split, 64))
+        kwargs.setdefault("n", (US_SIZES if name.strip().lower() == SYNTHETIC_US else SYNTHETIC_SIZES).get(split, 64))
         return GENERATED[name.strip().lower()](split=split, **kwargs)
     return MedVLSMDataset(name, split, root=root, **kwargs)
 
@@ -793,8 +797,8 @@ class DecodedCache(Dataset):
         self.dir = Path(folder) / f"{ds.folder}-{ds.split}-{ds.size}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rebuilt = self._refresh(progress)
-        self.images = np.load(self.dir / "images.npy", mmap_mode="r")
-        self.masks = np.load(self.dir / "masks.npy", mmap_mode="r")
+        self.images = np.load(self.dir / "images.npy", mmap_mode="r", allow_pickle=False)
+        self.masks = np.load(self.dir / "masks.npy", mmap_mode="r", allow_pickle=False)
 
     def _keys(self, i: int) -> list:
         return [str(self.ds.image_path(i)), *_file_key(self.ds.image_path(i)), str(self.ds.mask_path(i)), *_file_key(self.ds.mask_path(i))]
@@ -811,7 +815,7 @@ class DecodedCache(Dataset):
             masks = np.lib.format.open_memmap(self.dir / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
             todo, orig = list(range(n)), [None] * n
         else:
-            imgs = np.load(self.dir / "images.npy", mmap_mode="r+"); masks = np.load(self.dir / "masks.npy", mmap_mode="r+")
+            imgs = np.load(self.dir / "images.npy", mmap_mode="r+", allow_pickle=False); masks = np.load(self.dir / "masks.npy", mmap_mode="r+", allow_pickle=False)
             todo, orig = [i for i in range(n) if old["keys"][i] != keys[i]], old["orig_size"]
         if todo:
             idx_file.unlink(missing_ok=True)            # an interrupted refresh leaves no index: the next open redoes it
