@@ -20,9 +20,10 @@ A miniature of how CLIPSeg got its base, in two stages:
    auxiliary loss: a linear head on the last extracted vision layer predicts each patch's colour and kind (the
    head is thrown away). Without it the grounding stalls (right 55.7 / swap 40.0 Dice at step 1000); with it the
    swap score falls below 8 by step 1000. 30 % of the scenes are shown in grey (objects then named by kind only),
-   so that the base knows shapes apart from their colour; measured on the target domain (synthetic-us, dense VL,
-   lr 3e-3, 768 records, 10 epochs): validation Dice 33.8 from a base pretrained on colour scenes only, 50.0 from
-   one with 30 % grey scenes (2,000 pretraining steps).
+   so that the base knows shapes apart from their colour. Measured, 4,000 steps each: colour scenes only gave
+   grounding Dice 94.6 / swap 0.01 / absent objects empty 99 %, but dense VL adapters on the target domain
+   (synthetic-us, lr 3e-3, 768 records) then reached validation Dice 31.4 after 8 epochs; with 30 % grey scenes,
+   87.2 / 3.3 / 84 % and 55.7 after 8 epochs. The packaged base is the second: it is the one adapters can move.
 """
 import argparse, json, time
 from pathlib import Path

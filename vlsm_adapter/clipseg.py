@@ -254,7 +254,7 @@ def referring_rows(layout: list[dict], rng: np.random.Generator) -> list[tuple[s
     """(prompt, how, target) for one image of `SyntheticDataset.layout`: every object once, named in a random way
     (target = its index), then one prompt for an object that is absent (target -1: an empty mask) — a colour the
     image lacks (with or without a kind), or a kind it lacks when it has only two objects."""
-    from .data import SHAPE_COLORS, SHAPE_KINDS
+    from vlsm_adapter.data import SHAPE_COLORS, SHAPE_KINDS
     rows = []
     for t, sh in enumerate(layout):
         how = ("both", "colour", "kind")[rng.integers(3)] if sh["color"] else "kind"   # a grey object has no colour name
@@ -275,7 +275,7 @@ class ReferringScenes:
     and every colour is absent). `batch(images, rng)` gives every chosen image with all of its `referring_rows` (its
     objects and one absent one) as one batch."""
     def __init__(self, n: int, split: str = "train", size: int = 160, seed: int = 0, grey: float = 0.0):
-        from .data import SyntheticDataset
+        from vlsm_adapter.data import SyntheticDataset
         from PIL import Image
         self.size, self.split = int(size), split
         src = (SyntheticDataset(n=3 * n, split=split, seed=seed, shapes=3), SyntheticDataset(n=2 * n, split=split, seed=seed + 1, shapes=2))
@@ -296,7 +296,7 @@ class ReferringScenes:
 
     def batch(self, images, rng: np.random.Generator, tokenizer) -> dict:
         "Images `images` (indices), each with all of its prompts: pixel_values, mask, input_ids, attention_mask, how, target, image."
-        from .data import IMAGENET_MEAN, IMAGENET_STD
+        from vlsm_adapter.data import IMAGENET_MEAN, IMAGENET_STD
         rows = [(j, *r) for j in images for r in referring_rows(self.layouts[j], rng)]
         idx = torch.tensor([r[0] for r in rows])
         target = torch.tensor([r[3] for r in rows])
