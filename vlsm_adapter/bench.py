@@ -347,7 +347,7 @@ TARGETS = {"dense-VL step ≤ 0.7× e2e": ("step_vs_e2e", 0.7), "dense-VL peak m
            "dense-VL inference ≤ 1.15× stock": ("infer_vs_stock", 1.15)}
 
 def check_targets(df: pd.DataFrame, reuse: dict) -> pd.DataFrame:
-    "The issue's targets, met or missed and by how much."
+    "The speed and memory targets of this lesson, met or missed and by how much."
     dvl = df[(df.method == "dense") & (df.variant == "vl")].iloc[0]
     rows = [dict(target=k, measured=float(dvl[col]), limit=lim, met=bool(dvl[col] <= lim)) for k, (col, lim) in TARGETS.items()]
     # (the last target is a floor, not a ceiling)
