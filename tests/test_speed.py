@@ -14,20 +14,14 @@ from vlsm_adapter.clipseg import load_clipseg, stock_logits
 from vlsm_adapter.data import DecodedCache, MedVLSMDataset, SyntheticDataset, write_medvlsm
 from vlsm_adapter.model import VLSMAdapter
 from vlsm_adapter.train import fit, TrainConfig
+from test_fidelity import randomise_adapters   # one definition of the random adapter weights
 
 PLACEMENTS = [(m, v) for m in ("shallow", "dense") for v in ("v", "vl", "vlc")]
 
 
 def randomise(model, seed=0):
     "Noticeable random adapter weights (PyTorch's init is small enough that a misplaced adapter could hide)."
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if name.startswith("clipseg") or not hasattr(mod, "down"): continue
-            for lin in (mod.down, mod.up):
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) / math.sqrt(lin.in_features))
-                lin.bias.copy_(0.1 * torch.randn(lin.bias.shape, generator=g))
-    return model.eval()
+    return randomise_adapters(model, seed).eval()
 
 
 @pytest.fixture(scope="module", params=[torch.float32, torch.float64], ids=["float32", "float64"])
