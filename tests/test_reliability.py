@@ -1,5 +1,6 @@
 """Reliability: no code execution from run folders, no silently wrong data, one writer per run folder, a record
 that stays true (see nbs/reliability.qmd). Each test here failed on the code before these guarantees."""
+import re
 import json, os, pickle, signal, subprocess, sys, time
 from pathlib import Path
 
@@ -186,7 +187,8 @@ def test_early_stop_survives_a_kill_before_the_summary(tmp_path):
 def test_settings_checked_against_the_checkpoint_when_config_is_gone(unfinished, tmp_path):
     run = copy_run(unfinished, tmp_path / "run")
     (run / CONFIG).unlink()
-    with pytest.raises(ValueError, match=r"lr: stored 0.001 \(checkpoint.pt\), now 0.1"):
+    stored = TrainConfig(**QUICK).resolved().lr                     # the default lr the unfinished run was trained with
+    with pytest.raises(ValueError, match=rf"lr: stored {re.escape(str(stored))} \(checkpoint.pt\), now 0.1"):
         fit(TrainConfig(out_dir=str(run), max_epochs=2, lr=0.1, **QUICK))
 
 
