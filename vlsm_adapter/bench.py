@@ -271,15 +271,19 @@ def peer_ratio(method: str = "dense", variant: str = "vl", model: str = "random"
                 t_ours_s=t["ours"], t_official_s=t["official"], speedup=t["official"] / t["ours"])
 
 # %% ../nbs/09_bench.ipynb #a2d090cd
-def precision_gain(method: str = "dense", variant: str = "vl", precision: str = "bf16", model: str = "random",
-                   batch: int = 2, steps: int = 5, warmup: int = 1, device=None, image_size: int = 352, **_) -> dict:
-    "Our fp32 training step / our step under `precision` autocast (bf16, or fp16 on CUDA), alternating, medians."
+def _train_setup(method, variant, model, batch, device, image_size):
+    "A fresh model in train mode, inputs, its trainable parameters and an AdamW: what each gain measurement starts from."
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     base, tok = load_clipseg(model); base.to(device)
     m = VLSMAdapter(base, method, variant).to(device).train()
     px, ids, target = _inputs(tok, batch, image_size, device)
     params = [p for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3)
+    return device, m, px, ids, target, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3)
+
+def precision_gain(method: str = "dense", variant: str = "vl", precision: str = "bf16", model: str = "random",
+                   batch: int = 2, steps: int = 5, warmup: int = 1, device=None, image_size: int = 352, **_) -> dict:
+    "Our fp32 training step / our step under `precision` autocast (bf16, or fp16 on CUDA), alternating, medians."
+    device, m, px, ids, target, params, opt = _train_setup(method, variant, model, batch, device, image_size)
     fwd = lambda: m(px, ids.input_ids, ids.attention_mask)
     mk = lambda prec: _step_fn(fwd, params, opt, DiceBCELoss(), target, device, prec)
     t = _alternate({"no": mk("no"), precision: mk(precision)}, steps, warmup, device)
@@ -289,12 +293,7 @@ def precision_gain(method: str = "dense", variant: str = "vl", precision: str = 
 def compile_gain(method: str = "dense", variant: str = "vl", model: str = "random", batch: int = 2, steps: int = 5,
                  warmup: int = 1, device=None, image_size: int = 352, **_) -> dict:
     "Our eager fp32 step / the same step with `torch.compile(model)`; `error` says why when compilation fails here."
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    base, tok = load_clipseg(model); base.to(device)
-    m = VLSMAdapter(base, method, variant).to(device).train()
-    px, ids, target = _inputs(tok, batch, image_size, device)
-    params = [p for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3)
+    device, m, px, ids, target, params, opt = _train_setup(method, variant, model, batch, device, image_size)
     mk = lambda f: _step_fn(f, params, opt, DiceBCELoss(), target, device, "no")
     eager = mk(lambda: m(px, ids.input_ids, ids.attention_mask))
     t0 = time.perf_counter()
