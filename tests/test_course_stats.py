@@ -30,7 +30,7 @@ def test_figures(tmp_path):
     assert r["words"] == 400
     assert abs(r["minutes"] - (400 / 200 + 52 / 10)) < 1e-9
     t = cs.table([r, r])
-    assert "| **total** | 10 | 104 | 45 | – | 2 | 6 | 2 | 2 | 800 |" in t
+    assert "| **total** | 10 | 104 | 45 | – | 2 | 6 | 2 | 2 | 800 |" in t and "lesson flow" in t
 
 
 def test_mention_in_prose_counts_as_taught_but_not_run(tmp_path):
@@ -43,3 +43,19 @@ def test_mention_in_prose_counts_as_taught_but_not_run(tmp_path):
 def test_every_course_notebook_parses():
     rows = [cs.stats(p) for p in sorted((ROOT / "nbs").glob("*.ipynb"))]
     assert rows and all(r["cells"] > 0 for r in rows)
+
+
+def test_under_the_hood_and_appendix_leave_the_lesson_flow(tmp_path):
+    p = tmp_path / "03_x.ipynb"
+    p.write_text(json.dumps(nb([("markdown", "# Lesson\n\n" + "w " * 198), ("code", "a = 1\n" * 10),
+                                ("markdown", "## Under the hood: checks\n\nmore"), ("code", "b = 2\n" * 20)])))
+    r = cs.stats(p)
+    assert abs(r["lesson_minutes"] - (200 / 200 + 10 / 10)) < 1e-9       # "# Lesson" + 198 words, 10 lines
+    assert abs(r["hood_minutes"] - (6 / 200 + 20 / 10)) < 1e-9
+    assert abs(r["lesson_minutes"] + r["hood_minutes"] - r["minutes"]) < 1e-9
+    q = tmp_path / "14_y.ipynb"
+    q.write_text(json.dumps(nb([("markdown", "# Appendix: speed\n\ntext"), ("code", "c = 3\n" * 5)])))
+    a = cs.stats(q)
+    assert a["appendix"] and a["lesson_minutes"] == 0 and a["hood_minutes"] > 0
+    t = cs.table([r, a])
+    assert "14_y.ipynb (appendix)" in t and "core lessons 00-06: 0.0 h" in t

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from vlsm_adapter.clipseg import (load_clipseg, ReferringScenes, referring_prompt, grounding_scores, text_embed_inputs,
                                   encoder_layer_forward, conditional_embedding, decode, tiny_pretrained_path,
-                                  TOKEN_EMBEDDING, STANDIN_SIZE)
+                                  TOKEN_EMBEDDING, STANDIN_SIZE, _load_tiny_pretrained)
 from vlsm_adapter.model import VLSMAdapter
 from vlsm_adapter.data import SHAPE_COLORS, SHAPE_KINDS
 from vlsm_adapter.metrics import DiceBCELoss
@@ -53,6 +53,10 @@ ap.add_argument("--eval-every", type=int, default=250)
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--grey", type=float, default=0.3, help="share of scenes shown in grey (objects named by kind only)")
+ap.add_argument("--absent-weight", type=float, default=0.0,
+                help="extra BCE weight on the absent-object rows (their masks are empty)")
+ap.add_argument("--init", default=None, help="continue from this asset (e.g. the packaged one; stage 1 is skipped "
+                "and the curves of its log, beside it, are kept)")
 ap.add_argument("--out", default=str(tiny_pretrained_path()))
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
@@ -61,6 +65,7 @@ COLORS = list(SHAPE_COLORS)
 
 t_start = time.time()
 base, tok = load_clipseg("tiny")
+if a.init is not None: _load_tiny_pretrained(base, a.init)
 model = VLSMAdapter(base, "e2e")
 emb = base.clip.text_model.embeddings.token_embedding.weight
 emb0 = emb.detach().clone()
@@ -77,7 +82,12 @@ heads = torch.nn.ModuleList([torch.nn.Linear(base.config.projection_dim, len(COL
 opt = torch.optim.AdamW([dict(params=[p for p in text_params if p is not emb] + list(heads.parameters()), weight_decay=1e-3),
                          dict(params=[emb], weight_decay=0.0)], lr=1e-3)   # no decay: unused token rows stay as they were
 rng, log = np.random.default_rng(a.seed), dict(recipe=vars(a), text=[], pretrain=[])
-for step in range(a.text_steps):
+if a.init is not None:     # a continuation: stage 1 was done by the run that made `init`; keep its curves and recipe
+    prev = json.loads(Path(a.init).with_name(Path(a.init).stem + "_log.json").read_text())
+    log.update(text=prev["text"], pretrain=prev["pretrain"], continued_from=prev["recipe"],
+               continued_at_step=prev["pretrain"][-1]["step"])
+    emb0 = load_clipseg("tiny")[0].clip.text_model.embeddings.token_embedding.weight.detach().clone()
+for step in range(a.text_steps if a.init is None else 0):
     P, yc, yk = [], [], []
     for _ in range(128):
         c, k, how = COLORS[rng.integers(4)], SHAPE_KINDS[rng.integers(3)], ("both", "colour", "kind")[rng.integers(3)]
@@ -112,8 +122,10 @@ def patch_targets(images):
     obj = torch.where(frac.max(1).values > 0.4, frac.argmax(1), torch.zeros_like(frac.argmax(1)))
     return colour_of[images[:, None], obj], kind_of[images[:, None], obj]
 
-best, step, t0 = None, 0, time.time()
-while step < a.steps:
+best, t0 = None, time.time()
+step0 = step = 0 if a.init is None else log["continued_at_step"]
+end = step0 + a.steps
+while step < end:
     order = rng.permutation(len(train))
     for s in range(0, len(order) - a.images + 1, a.images):
         b = train.batch(order[s:s + a.images], rng, tok)
@@ -121,17 +133,21 @@ while step < a.steps:
         with torch.no_grad():
             t, _ = model._text(b["input_ids"], b["attention_mask"])
             cond = conditional_embedding(base, t, b["input_ids"])
-        loss = loss_fn(decode(base, acts, cond), b["mask"])
+        logits = decode(base, acts, cond)
+        loss = loss_fn(logits, b["mask"])
+        if a.absent_weight:
+            gone = b["target"] < 0
+            loss = loss + a.absent_weight * F.binary_cross_entropy_with_logits(logits[gone], torch.zeros_like(logits[gone]))
         yc, yk = patch_targets(b["image"])
         z = aux(acts[-1][:, 1:])
         loss = loss + a.aux * (F.cross_entropy(z[..., :len(COLORS) + 1].flatten(0, 1), yc.flatten())
                                + F.cross_entropy(z[..., len(COLORS) + 1:].flatten(0, 1), yk.flatten()))
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 0.5); opt.step(); sched.step(); step += 1
-        if step % a.eval_every == 0 or step == a.steps:
+        if step % a.eval_every == 0 or step == end:
             g = grounding_scores(base, tok, val, seed=123)
             log["pretrain"].append(dict(step=step, loss=loss.item(), time_s=time.time() - t0, **g))
             print(log["pretrain"][-1], flush=True)
-        if step >= a.steps: break
+        if step >= end: break
 
 # ---- the asset: every weight but the token embedding, whose changed rows are stored alone ----------------------
 rows = ((emb.detach() != emb0).any(1)).nonzero().flatten()

@@ -97,9 +97,9 @@ def tiny_pretrained_path() -> Path:
     import importlib.resources
     return Path(str(importlib.resources.files("vlsm_adapter") / "assets" / TINY_PRETRAINED_ASSET))
 
-def _load_tiny_pretrained(model: CLIPSegForImageSegmentation):
+def _load_tiny_pretrained(model: CLIPSegForImageSegmentation, path: str | os.PathLike | None = None):
     from safetensors.torch import load_file
-    path = tiny_pretrained_path()
+    path = Path(path) if path is not None else tiny_pretrained_path()
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the package was installed without its assets "
                                 "(rebuild it with `python tools/pretrain_tiny.py`).")
