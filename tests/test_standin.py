@@ -22,7 +22,7 @@ def test_tiny_pretrained_follows_the_prompt(held_out):
     g = grounding_scores(m, tok, held_out)
     assert g["dice"] >= 85, g            # the named object
     assert g["swap"] <= 10, g            # another object of the same image
-    assert g["absent_ok"] >= 0.8, g      # an object that is not there: (almost) nothing predicted (aimed at 0.9; 0.84 measured)
+    assert g["absent_ok"] >= 0.9, g      # an object that is not there: (almost) nothing predicted (0.94 measured)
 
 
 def test_grounding_scores_can_fail(held_out):

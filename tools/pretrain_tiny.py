@@ -4,7 +4,15 @@
 Writes vlsm_adapter/assets/tiny_pretrained.safetensors (the weights `load_clipseg("tiny-pretrained")` loads) and
 tiny_pretrained_log.json beside it (the recipe and the curves that 01_clipseg plots). The packaged files come from
 
-    .venv/bin/python tools/pretrain_tiny.py          # seeded; ~20 min on 2 CPU cores (one torch thread)
+    .venv/bin/python tools/pretrain_tiny.py --out /tmp/base/tiny_pretrained.safetensors    # ~13 min, one thread
+    .venv/bin/python tools/pretrain_tiny.py --init /tmp/base/tiny_pretrained.safetensors \
+        --steps 1000 --lr 3e-4 --absent-weight 2                                            # ~3 min more
+
+(seeded; one torch thread on 2 CPU cores). The second command continues stage 2 for 1,000 steps at a lower
+learning rate with an extra BCE term (weight 2) on the absent-object rows, whose masks are empty: measured on the
+96 held-out scenes of tests/test_standin.py, absent objects predicted empty went from 86.5 % to 93.8 %, Dice with the
+right prompt from 85.7 to 86.3 and the swap score from 5.3 to 1.8. The log keeps both runs' curves (`continued_from`
+holds the first run's recipe).
 
 A miniature of how CLIPSeg got its base, in two stages:
 
