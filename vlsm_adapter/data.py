@@ -16,15 +16,16 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['DATASETS', 'PAPER_NAMES', 'SPLIT_DIRS', 'SYNTHETIC', 'DATA_ENV', 'MEDVLSM_URL', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'DEEP_MODES', 'LOSSY_FORMATS', 'SHAPE_COLORS', 'SHAPE_KINDS', 'SYNTHETIC_US', 'US_STRUCTURES',
-           'SYNTHETIC_SIZES', 'US_SIZES', 'GENERATED', 'EMPTY_MASKS_OK', 'register_dataset', 'known_datasets',
-           'short_name', 'resolve_dataset', 'data_root', 'dataset_dir', 'Problem', 'DatasetError', 'prompt_keys',
-           'unsafe_name', 'check_record', 'read_annotations', 'load_annotations', 'all_prompts', 'choose_prompt',
-           'item_rng', 'check_prompt_arg', 'image_to_rgb', 'image_to_tensor', 'denormalize', 'mask_values',
-           'mask_to_bool', 'mask_to_tensor', 'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items',
-           'shape_prompts', 'SyntheticDataset', 'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset',
-           'PromptCollator', 'ValidationReport', 'validate', 'write_medvlsm', 'DecodedCache']
+__all__ = ['DATASETS', 'PAPER_NAMES', 'SPLIT_DIRS', 'SYNTHETIC', 'DATA_ENV', 'MEDVLSM_URL', 'PREPARED_FILE', 'IMAGENET_MEAN',
+           'IMAGENET_STD', 'DEEP_MODES', 'LOSSY_FORMATS', 'SHAPE_COLORS', 'SHAPE_KINDS', 'SYNTHETIC_US',
+           'US_STRUCTURES', 'SYNTHETIC_SIZES', 'US_SIZES', 'GENERATED', 'EMPTY_MASKS_OK', 'register_dataset',
+           'known_datasets', 'data_root', 'read_prepared', 'find_prepared', 'register_prepared', 'short_name',
+           'resolve_dataset', 'dataset_dir', 'Problem', 'DatasetError', 'prompt_keys', 'unsafe_name', 'check_record',
+           'read_annotations', 'load_annotations', 'all_prompts', 'choose_prompt', 'item_rng', 'check_prompt_arg',
+           'image_to_rgb', 'image_to_tensor', 'denormalize', 'mask_values', 'mask_to_bool', 'mask_to_tensor',
+           'PromptedDataset', 'MedVLSMDataset', 'overlay_mask', 'show_items', 'shape_prompts', 'SyntheticDataset',
+           'us_prompts', 'SyntheticUltrasound', 'is_generated', 'get_dataset', 'PromptCollator', 'ValidationReport',
+           'validate', 'write_medvlsm', 'DecodedCache']
 
 # %% ../nbs/03_data.ipynb #90856b03
 DATASETS: dict[str, str] = {
@@ -60,8 +61,53 @@ def known_datasets() -> str:
     "One line listing the names `resolve_dataset` accepts."
     return ", ".join(f"{s} ({f})" for s, f in DATASETS.items()) + f", and {SYNTHETIC!r}"
 
-def short_name(name: str) -> str:
-    "Short registry name of dataset `name` (a short name, a MedVLSM folder name or a paper name, any case)."
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    "The data root: `root` if given, else `$VLSM_DATA`, else `data/` (relative to the working directory)."
+    if root is not None: return Path(root).expanduser()
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else Path("data")
+
+# %% ../nbs/03_data.ipynb #b7e1a002
+PREPARED_FILE = "prepared.json"
+"The file `prepare_dataset` writes in a dataset's folder: its registry `name`, its `folder`, and how it was made."
+
+def read_prepared(path: str | os.PathLike) -> dict:
+    "A `prepared.json`, checked: a JSON object whose `name` is a string and `folder` the folder holding it; else a `ValueError` naming the file."
+    path = Path(path)
+    try: info = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path.resolve()}: not a valid {PREPARED_FILE} (the JSON prepare_dataset writes): {e}") from None
+    why = ("must hold a JSON object" if not isinstance(info, dict) else
+           "needs a non-empty string 'name'" if not isinstance(info.get("name"), str) or not info["name"].strip() else
+           f"'folder' must name the folder holding it ({path.parent.name!r}), got {info.get('folder')!r}"
+           if info.get("folder") != path.parent.name else None)
+    if why: raise ValueError(f"{path.resolve()}: {why}")
+    return info
+
+def find_prepared(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    "The `prepared.json` of dataset `name` under the data root: `<root>/<name>/`, else one in `<root>/*/` with that name; or `None`."
+    base, key = data_root(root), name.strip()
+    if Path(key).name == key and key not in ("", ".", "..") and (base / key / PREPARED_FILE).is_file(): return base / key / PREPARED_FILE
+    for f in sorted(base.glob(f"*/{PREPARED_FILE}")):
+        try: info = json.loads(f.read_bytes().decode("utf-8"))
+        except (OSError, ValueError): continue                  # unreadable: not the one asked for
+        if isinstance(info, dict) and str(info.get("name", "")).strip().lower() == key.lower(): return f
+    return None
+
+def register_prepared(name: str, root: str | os.PathLike | None = None) -> str | None:
+    "Register dataset `name` from its `prepared.json` (`find_prepared`); its short name, or `None` when there is none."
+    if (f := find_prepared(name, root)) is None: return None
+    info = read_prepared(f); short = info["name"].strip()
+    if any(s.lower() == short.lower() and DATASETS[s] != info["folder"] for s in DATASETS):
+        raise ValueError(f"{f.resolve()}: name {short!r} is already registered for another folder")
+    try: register_dataset(short, info["folder"])
+    except ValueError as e: raise ValueError(f"{f.resolve()}: {e}") from None
+    return short
+
+# %% ../nbs/03_data.ipynb #b7e1a003
+def short_name(name: str, root: str | os.PathLike | None = None) -> str:
+    """Short registry name of dataset `name` (a short name, a MedVLSM folder name or a paper name, any case); a name
+    not in the registry is looked up under the data root `root` (`register_prepared`)."""
     if not isinstance(name, str): raise TypeError(f"a dataset name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
     if key == SYNTHETIC:
@@ -69,19 +115,16 @@ def short_name(name: str) -> str:
     for table in (DATASETS, {s: s for s in DATASETS}, PAPER_NAMES):   # folder names, short names, paper names
         for s, v in table.items():
             if v.lower() == key: return s
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {known_datasets()}")
+    if (s := register_prepared(name, root)) is not None: return s
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {known_datasets()} "
+                     f"(and no {PREPARED_FILE} of that name under {data_root(root).resolve()})")
 
-def resolve_dataset(name: str) -> str:
-    "MedVLSM folder name of dataset `name` (`'kvasir'`, `'kvasir_polyp'` and `'Kvasir-SEG'` all give `'kvasir_polyp'`)."
-    return DATASETS[short_name(name)]
+def resolve_dataset(name: str, root: str | os.PathLike | None = None) -> str:
+    """MedVLSM folder name of dataset `name` (`'kvasir'`, `'kvasir_polyp'` and `'Kvasir-SEG'` all give `'kvasir_polyp'`);
+    `root`: the data root where a dataset prepared in another process is found."""
+    return DATASETS[short_name(name, root)]
 
 # %% ../nbs/03_data.ipynb #06b1fb6e
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    "The data root: `root` if given, else `$VLSM_DATA`, else `data/` (relative to the working directory)."
-    if root is not None: return Path(root).expanduser()
-    env = os.environ.get(DATA_ENV)
-    return Path(env).expanduser() if env else Path("data")
-
 def _layout_help() -> str:
     return ("Expected the MedVLSM layout:\n"
             "    <root>/<folder>/images/            input images\n"
@@ -94,7 +137,7 @@ def _layout_help() -> str:
 
 def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     "Folder of dataset `name` under the data root; `FileNotFoundError` with the layout to prepare when it is missing."
-    folder, base = resolve_dataset(name), data_root(root)
+    folder, base = resolve_dataset(name, root), data_root(root)
     d = base / folder
     if not d.is_dir():
         src = "argument" if root is not None else (f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "default data/ in the working directory")
@@ -394,7 +437,7 @@ class MedVLSMDataset(PromptedDataset):
     model's input side; `seed` the prompt draws' seed; `variant` how a fixed list-valued key picks its phrasing."""
     def __init__(self, name: str, split: str, root: str | os.PathLike | None = None, prompt: str = "random",
                  size: int = 352, seed: int = 0, variant: str = "first", check_files: bool = True):
-        self.name, self.folder, self.split = short_name(name), resolve_dataset(name), split
+        self.name, self.folder, self.split = short_name(name, root), resolve_dataset(name, root), split
         self.dir = dataset_dir(name, root)
         sub = SPLIT_DIRS.get(self.folder, {}).get(split)
         self.images_dir = self.dir / "images" / sub if sub else self.dir / "images"
@@ -721,7 +764,7 @@ def validate(name: str, split: str | Sequence[str] | None = None, root: str | os
     (`decode=True`: also decode every file, apply `mask_to_bool`'s rule to every mask, count empty masks, and refuse
     a split whose masks are all empty unless its folder is in `EMPTY_MASKS_OK`; `fit` and `evaluate_run` decode). `split=None` checks every `anns/*.json`. Raises a `DatasetError` listing every problem
     (`raise_=False`: returns the report, a list of `Problem`s)."""
-    short, folder, d = short_name(name), resolve_dataset(name), dataset_dir(name, root)
+    short, folder, d = short_name(name, root), resolve_dataset(name, root), dataset_dir(name, root)
     splits = ([split] if isinstance(split, str) else list(split)) if split is not None else \
              sorted((p.stem for p in (d / "anns").glob("*.json")), key=lambda s: (("train", "val", "test").index(s) if s in ("train", "val", "test") else 3, s))
     probs, counts, empties, checked, sizes = [], {}, {}, 0, {}
