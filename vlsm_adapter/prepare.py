@@ -13,14 +13,14 @@ from PIL import Image
 from scipy import ndimage
 
 from .data import (register_dataset, validate, mask_to_bool, DATASETS, SYNTHETIC, GENERATED,
-                               MedVLSMDataset)
+                               MedVLSMDataset, PREPARED_FILE)
 from .utils import atomic_write_text, in_ipython
 
 # %% auto #0
 __all__ = ['SIZE_CUTS', 'COUNT_WORDS', 'DEFAULT_TEMPLATES', 'DESCRIBED_TEMPLATES', 'EMPTY_TEMPLATE', 'IMAGE_SUFFIXES', 'SPLITS',
-           'PREPARED_FILE', 'MODES', 'size_word', 'position_word', 'shape_word', 'describe_mask', 'make_prompts',
-           'read_prompts_csv', 'PrepareError', 'pair_files', 'check_pairs', 'split_indices', 'make_records',
-           'write_layout', 'prepare_dataset', 'build_parser', 'main', 'cli']
+           'MODES', 'size_word', 'position_word', 'shape_word', 'describe_mask', 'make_prompts', 'read_prompts_csv',
+           'PrepareError', 'pair_files', 'check_pairs', 'split_indices', 'make_records', 'write_layout',
+           'prepare_dataset', 'build_parser', 'main', 'cli', 'PREPARED_FILE']
 
 # %% ../nbs/11_prepare.ipynb #741d904d
 SIZE_CUTS = (0.08, 0.33)
@@ -228,7 +228,7 @@ def split_indices(n: int, split: Sequence[float] = (0.7, 0.15, 0.15), seed: int 
     return {s: sorted(perm[a:b]) for s, a, b in zip(SPLITS, [0, *cuts[:2]], cuts) if b > a}
 
 # %% ../nbs/11_prepare.ipynb #f05e85e4
-PREPARED_FILE = "prepared.json"
+_all_ = ["PREPARED_FILE"]       # defined in vlsm_adapter.data, which finds prepared datasets by it
 MODES = ("copy", "symlink")
 
 def _bbox(m: np.ndarray) -> list[int] | None:
