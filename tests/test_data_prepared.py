@@ -114,3 +114,14 @@ def test_in_process_registration(prepared, tmp_path):
         with pytest.raises(ValueError, match="known datasets"): resolve_dataset("../mine", prepared)   # no path tricks
     finally:
         DATASETS.clear(); DATASETS.update(before); PAPER_NAMES.clear(); PAPER_NAMES.update(before_names)
+
+
+def test_training_config_takes_a_prepared_dataset_in_a_fresh_process(prepared):
+    "What `vlsm-train --dataset mine --data-root ...` does first: the config resolves the name through prepared.json."
+    code = ("import sys; from vlsm_adapter.train import TrainConfig; "
+            "c = TrainConfig(dataset=sys.argv[1], data_root=sys.argv[2]).resolved(); print(c.dataset, c.batch_size)")
+    r = fresh(code, "mine", prepared)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["mine", "32"]
+    bad = fresh(code, "nobody", prepared)
+    assert bad.returncode != 0 and "unknown dataset" in bad.stderr and "prepared.json" in bad.stderr, bad.stderr

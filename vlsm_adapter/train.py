@@ -78,7 +78,7 @@ class TrainConfig:
         self.method = check_choice("method", self.method, METHODS)
         if self.method in ADAPTER_METHODS: self.variant = check_choice("variant", self.variant, VARIANTS)
         self.precision = check_choice("precision", self.precision, PRECISIONS)
-        if not is_generated(self.dataset): resolve_dataset(self.dataset)   # raises with the known names
+        if not is_generated(self.dataset): resolve_dataset(self.dataset, self.data_root)   # raises with the known names (prepared datasets under data_root count)
         for k in ("batch_size", "max_epochs", "image_size"):
             if getattr(self, k) is not None and int(getattr(self, k)) <= 0: raise ValueError(f"{k} must be positive, got {getattr(self, k)!r}")
         if self.image_size and self.image_size % 16: raise ValueError(f"image_size must be a multiple of 16 (the ViT patch), got {self.image_size}")
