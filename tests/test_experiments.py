@@ -411,3 +411,15 @@ def test_real_tiny_sweep_through_papermill(tmp_path):
     assert df.model.tolist() == [model] and df.image_size.tolist() == [160]
     t2 = run_sweep(specs[1:], tmp_path, progress=False)
     assert t2.status.tolist() == ["skipped"]
+
+
+def test_papermill_sees_every_parameter_of_the_run_notebooks():
+    "A comment holding '=' once hid `zero_shot` from papermill (so `--eval-set zero_shot=False` was refused)."
+    import nbformat
+    root = Path(ex.__file__).resolve().parents[1] / "nbs"
+    for nb, must in (("05_train.ipynb", {"dataset", "method", "batch_size", "max_epochs", "synthetic_n"}),
+                     ("06_evaluate.ipynb", {"run_dir", "split", "which", "zero_shot", "limit"})):
+        cell = next(c for c in nbformat.read(root / nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        names = {l.split("=")[0].strip() for l in cell.source.splitlines() if "=" in l and not l.lstrip().startswith("#")}
+        assert set(ex.notebook_parameters(root / nb)) == names, nb
+        assert must <= names, nb
