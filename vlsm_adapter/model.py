@@ -92,7 +92,7 @@ def _add_adapters(self: VLSMAdapter):
         if self.variant in ("vl", "vlc"): self.text_adapters = nn.ModuleList([pair(dt) for _ in range(n_blocks)])
     if self.variant == "vlc": self.cond_adapter = mk(dp, self.cond_dim)
 
-# %% ../nbs/02_placement.ipynb #daf16530
+# %% ../nbs/02_placement.ipynb #9ab7ef92
 def placement_figure(models: dict[str, "VLSMAdapter"], ncols: int = 3, panel=(4.2, 4.6)):
     "Schematic of where each model's adapters sit: vision blocks, text blocks, conditioning, decoder."
     nrows = -(-len(models) // ncols)
@@ -225,7 +225,7 @@ def forward(self: VLSMAdapter, pixel_values: torch.Tensor | None = None, input_i
     cond = self._condition(conditional_embedding(self.clipseg, last, input_ids), None)
     return decode(self.clipseg, acts, cond)
 
-# %% ../nbs/02_placement.ipynb #2bca2674
+# %% ../nbs/02_placement.ipynb #9755c3c1
 def identity_check(base: CLIPSegForImageSegmentation, tok, configs, batch: int = 2, seed: int = 0) -> dict:
     "Max |logit difference| between each zero-initialised config `(method, variant, text_shallow)` and the stock HF forward."
     from vlsm_adapter.clipseg import stock_logits
@@ -242,7 +242,7 @@ def identity_check(base: CLIPSegForImageSegmentation, tok, configs, batch: int =
             out[(method, variant, ts)] = (m(px, ids.input_ids, ids.attention_mask) - ref).abs().max().item()
     return out
 
-# %% ../nbs/02_placement.ipynb #483eef76
+# %% ../nbs/02_placement.ipynb #3c27be74
 def one_step_check(model: VLSMAdapter, pixel_values, input_ids, attention_mask=None, lr: float = 1e-2) -> dict:
     "Run one optimiser step; report trainable tensors without gradient, trainable tensors unchanged, frozen tensors changed."
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
