@@ -16,11 +16,11 @@ from scipy import ndimage
 from scipy.spatial import KDTree
 
 # %% auto #0
-__all__ = ['EDT_MIN_FRACTION', 'EMPTY_RULES', 'as_mask', 'check_pair', 'dice_score', 'iou_score', 'boundary', 'BoundaryDistances',
-           'boundary_distances', 'empty_rule', 'image_diagonal', 'hd95', 'score_pair', 'grow_mask', 'shift_mask',
-           'summarize', 'DiceBCELoss', 'batch_dice', 'batch_iou']
+__all__ = ['EMPTY_RULES', 'EDT_MIN_FRACTION', 'as_mask', 'check_pair', 'dice_score', 'iou_score', 'empty_rule', 'image_diagonal',
+           'hd95', 'score_pair', 'DiceBCELoss', 'boundary', 'BoundaryDistances', 'boundary_distances', 'grow_mask',
+           'shift_mask', 'batch_dice', 'batch_iou', 'summarize']
 
-# %% ../nbs/04_metrics.ipynb #a8c5cc58
+# %% ../nbs/04_metrics.ipynb #ca8cf9ca
 def _shape(x: Any) -> tuple:
     return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
 
@@ -28,25 +28,15 @@ def as_mask(x: Any, name: str = "mask") -> np.ndarray:
     "`x` (numpy array, torch tensor or nested list) as a 2-D `bool` array; it must hold only 0/1 (or `bool`)."
     if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
     a = np.asarray(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) mask, got shape {a.shape}")
+    if a.ndim != 2 or not (a.dtype == bool or np.issubdtype(a.dtype, np.number)): _refuse_mask(a, name)
     if a.dtype == bool: return a
-    if not (np.issubdtype(a.dtype, np.number)):
-        raise TypeError(f"{name} must hold numbers or booleans, got dtype {a.dtype}")
     m = a.astype(bool)
-    if not np.array_equal(a, m):  # something other than 0 and 1 (NaN included)
-        bad = a[(a != 0) & (a != 1)]
-        raise ValueError(f"{name} must be binary (bool, or only 0 and 1); found values such as "
-                         f"{np.unique(bad)[:5].tolist()}. Binarise it first, e.g. `mask > 127` for an 8-bit "
-                         "PNG/JPEG mask or `prob > 0.5` for probabilities.")
+    if not np.array_equal(a, m): _refuse_mask(a, name)  # something other than 0 and 1 (NaN included)
     return m
 
 def check_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     "Validate a (prediction, ground truth) pair: same (H, W) shape, both binary. Returns both as `bool` arrays."
-    sp, sg = _shape(pred), _shape(gt)
-    if sp != sg:
-        raise ValueError(f"pred and gt shapes differ: pred {sp} vs gt {sg}. Score at the ground truth's (original) "
-                         "resolution: resize the prediction to the gt's size first (masks are never resized silently).")
+    if _shape(pred) != _shape(gt): _refuse_shapes(_shape(pred), _shape(gt))
     return as_mask(pred, "pred"), as_mask(gt, "gt")
 
 # %% ../nbs/04_metrics.ipynb #08986178
@@ -69,60 +59,6 @@ def dice_score(pred: Any, gt: Any) -> float:
 def iou_score(pred: Any, gt: Any) -> float:
     "IoU (Jaccard) of binary (H, W) masks, in % (0..100). Empty gt: 100 if pred is empty too, else 0."
     return _iou(*_counts(*check_pair(pred, gt)))
-
-# %% ../nbs/04_metrics.ipynb #9fb4547a
-def _boundary(m: np.ndarray) -> np.ndarray:
-    "Boundary of a `bool` mask: `m` XOR its erosion by the 3×3 cross, pixels outside the image being background."
-    inner = np.zeros_like(m)
-    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return m & ~inner
-
-def boundary(mask: Any) -> np.ndarray:
-    "Boundary pixels of a binary (H, W) mask, as MONAI's `get_mask_edges` finds them (mask XOR binary erosion)."
-    return _boundary(as_mask(mask))
-
-class BoundaryDistances(NamedTuple):
-    "Boundary pixels of a prediction and a ground truth, each with its distance to the other boundary."
-    pred_points: np.ndarray  # (Np, 2) int (row, col) of the prediction's boundary pixels
-    gt_points: np.ndarray    # (Ng, 2) int (row, col) of the ground truth's boundary pixels
-    pred_to_gt: np.ndarray   # (Np,) float64 Euclidean distance of each pred boundary pixel to the nearest gt one
-    gt_to_pred: np.ndarray   # (Ng,) float64 likewise from gt to pred
-
-def _nearest(q: np.ndarray, ref: np.ndarray, shared: np.ndarray) -> np.ndarray:
-    "Distance from each point of `q` to its nearest point of `ref` (0 where `shared`; inf if `ref` is empty)."
-    d = np.zeros(len(q))
-    todo = ~shared
-    if todo.any(): d[todo] = KDTree(ref).query(q[todo], k=1)[0] if len(ref) else np.inf
-    return d
-
-# above this many boundary pixels per pixel of the crop, two distance transforms beat the KD-tree (measured: 1.7x
-# faster with 229k boundary pixels in a 1070x1348 crop; the KD-tree's cost grows with the points, the transforms' not)
-EDT_MIN_FRACTION = 0.1
-
-def _boundary_distances(p: np.ndarray, g: np.ndarray) -> BoundaryDistances:
-    u_rows, u_cols = np.flatnonzero(p.any(1) | g.any(1)), np.flatnonzero(p.any(0) | g.any(0))
-    if len(u_rows) == 0:
-        e = np.zeros((0, 2), np.int64)
-        return BoundaryDistances(e, e.copy(), np.zeros(0), np.zeros(0))
-    # crop to the union's bounding box plus a 1-px margin: every boundary pixel is inside, and the erosion is unchanged
-    r0, r1 = max(u_rows[0] - 1, 0), min(u_rows[-1] + 2, p.shape[0])
-    c0, c1 = max(u_cols[0] - 1, 0), min(u_cols[-1] + 2, p.shape[1])
-    bp, bg = _boundary(p[r0:r1, c0:c1]), _boundary(g[r0:r1, c0:c1])
-    P, G = np.argwhere(bp), np.argwhere(bg)
-    if len(P) and len(G) and len(P) + len(G) > EDT_MIN_FRACTION * bp.size:
-        # many boundary pixels (fragmented masks): exact Euclidean distance transforms of the crop cost O(area),
-        # whatever the number of points, and give the same distances as the KD-tree (sqrt of the same integers)
-        d_pg = ndimage.distance_transform_edt(~bg)[P[:, 0], P[:, 1]]
-        d_gp = ndimage.distance_transform_edt(~bp)[G[:, 0], G[:, 1]]
-    else:
-        d_pg = _nearest(P, G, bg[P[:, 0], P[:, 1]])
-        d_gp = _nearest(G, P, bp[G[:, 0], G[:, 1]])
-    off = np.array([r0, c0])
-    return BoundaryDistances(P + off, G + off, d_pg, d_gp)
-
-def boundary_distances(pred: Any, gt: Any) -> BoundaryDistances:
-    "Boundary pixels of `pred` and `gt` (H, W) and their directed Euclidean distances to the other boundary (pixels)."
-    return _boundary_distances(*check_pair(pred, gt))
 
 # %% ../nbs/04_metrics.ipynb #244552c5
 EMPTY_RULES = ("both_empty", "pred_empty", "gt_empty")
@@ -161,58 +97,13 @@ def score_pair(pred: Any, gt: Any) -> dict:
     c, rule = _counts(p, g), _empty_rule(p, g)
     return dict(dice=_dice(*c), iou=_iou(*c), hd95=_hd(p, g, 95.0, rule), empty_rule=rule)
 
-# %% ../nbs/04_metrics.ipynb #72e5e4e5
-def grow_mask(mask: Any, r: float) -> np.ndarray:
-    """Dilate a binary mask by a disk of radius `r` pixels (`r` < 0 erodes by |r|), exactly, via SciPy's Euclidean
-    distance transform. Pixels outside the image do not erode the mask (its border is not a boundary here).
-    For perturbation studies and tests."""
-    m = as_mask(mask)
-    if r == 0 or not m.any() or m.all(): return m.copy()
-    if r > 0: return ndimage.distance_transform_edt(~m) <= r
-    return ndimage.distance_transform_edt(m) > -r
-
-def shift_mask(mask: Any, dy: int, dx: int) -> np.ndarray:
-    "Shift a binary mask by (`dy`, `dx`) pixels (down, right), filling with background; what leaves the image is lost."
-    m = as_mask(mask); out = np.zeros_like(m); H, W = m.shape
-    if abs(dy) >= H or abs(dx) >= W: return out
-    out[max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = m[max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)]
-    return out
-
-# %% ../nbs/04_metrics.ipynb #1d90bc8a
-def summarize(rows: Iterable[Mapping] | Any, ddof: int = 0) -> dict:
-    """Mean and std over images of dice/iou/hd95, the number of images, and how many took each empty rule.
-    `rows`: a list of dicts (as `score_pair` returns) or a pandas DataFrame with columns dice, iou, hd95 and
-    optionally empty_rule. Non-finite scores raise (images are never dropped)."""
-    recs = rows.to_dict("records") if hasattr(rows, "to_dict") and hasattr(rows, "columns") else list(rows)
-    if not recs: raise ValueError("summarize() got no rows: nothing to summarise")
-    out: dict = dict(n=len(recs))
-    for key in ("dice", "iou", "hd95"):
-        try: v = np.array([float(r[key]) for r in recs])
-        except KeyError: raise KeyError(f"summarize(): every row needs '{key}' (rows come from score_pair)") from None
-        bad = np.flatnonzero(~np.isfinite(v))
-        if len(bad):
-            raise ValueError(f"summarize(): {len(bad)} non-finite {key} value(s), rows {bad[:10].tolist()}; every image must "
-                             "have a finite score (score_pair's empty rules guarantee it); dropping images biases the mean")
-        out[f"{key}_mean"], out[f"{key}_std"] = float(v.mean()), float(v.std(ddof=ddof)) if len(v) > ddof else math.nan
-    rules = [r.get("empty_rule") for r in recs]
-    rules = [x if isinstance(x, str) else None for x in rules]  # pandas may hold None as NaN
-    unknown = set(rules) - set(EMPTY_RULES) - {None}
-    if unknown: raise ValueError(f"summarize(): unknown empty_rule value(s) {sorted(unknown)}; expected one of {EMPTY_RULES} or None")
-    for rule in EMPTY_RULES: out[f"n_{rule}"] = rules.count(rule)
-    hd_ok = [float(r["hd95"]) for r, x in zip(recs, rules) if x is None]
-    out["hd95_mean_nonempty"] = float(np.mean(hd_ok)) if hd_ok else math.nan
-    return out
-
-# %% ../nbs/04_metrics.ipynb #9063cda9
+# %% ../nbs/04_metrics.ipynb #09a25fc9
 def _no_autocast(device_type: str):
     "Context that turns autocast off on `device_type` (where autocast exists)."
     return torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu", "mps", "xpu") else nullcontext()
 
 def _check_batch(logits: torch.Tensor, target: torch.Tensor, who: str):
-    if tuple(logits.shape) != tuple(target.shape):
-        raise ValueError(f"{who}: logits and target shapes differ: logits {tuple(logits.shape)} vs target {tuple(target.shape)} "
-                         "(expected both (B, H, W))")
-    if logits.ndim < 2: raise ValueError(f"{who}: expected (B, H, W) tensors, got shape {tuple(logits.shape)}")
+    if tuple(logits.shape) != tuple(target.shape) or logits.ndim < 2: _refuse_batch(logits, target, who)
 
 class DiceBCELoss(nn.Module):
     """`dice_weight`·soft Dice (on sigmoid probabilities, per image, mean over the batch) + `bce_weight`·BCE on logits.
@@ -240,6 +131,100 @@ class DiceBCELoss(nn.Module):
         dice, bce = self.components(logits, target)
         return self.dice_weight * dice + self.bce_weight * bce
 
+# %% ../nbs/04_metrics.ipynb #5ba6b379
+def _boundary(m: np.ndarray) -> np.ndarray:
+    "Boundary of a `bool` mask: `m` XOR its erosion by the 3×3 cross, pixels outside the image being background."
+    inner = np.zeros_like(m)
+    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return m & ~inner
+
+def boundary(mask: Any) -> np.ndarray:
+    "Boundary pixels of a binary (H, W) mask, as MONAI's `get_mask_edges` finds them (mask XOR binary erosion)."
+    return _boundary(as_mask(mask))
+
+class BoundaryDistances(NamedTuple):
+    "Boundary pixels of a prediction and a ground truth, each with its distance to the other boundary."
+    pred_points: np.ndarray  # (Np, 2) int (row, col) of the prediction's boundary pixels
+    gt_points: np.ndarray    # (Ng, 2) int (row, col) of the ground truth's boundary pixels
+    pred_to_gt: np.ndarray   # (Np,) float64 Euclidean distance of each pred boundary pixel to the nearest gt one
+    gt_to_pred: np.ndarray   # (Ng,) float64 likewise from gt to pred
+
+# %% ../nbs/04_metrics.ipynb #8c6bbcac
+def _nearest(q: np.ndarray, ref: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    "Distance from each point of `q` to its nearest point of `ref` (0 where `shared`; inf if `ref` is empty)."
+    d = np.zeros(len(q))
+    todo = ~shared
+    if todo.any(): d[todo] = KDTree(ref).query(q[todo], k=1)[0] if len(ref) else np.inf
+    return d
+
+# above this many boundary pixels per pixel of the crop, two distance transforms beat the KD-tree (measured: 1.7x
+# faster with 229k boundary pixels in a 1070x1348 crop; the KD-tree's cost grows with the points, the transforms' not)
+EDT_MIN_FRACTION = 0.1
+
+def _boundary_distances(p: np.ndarray, g: np.ndarray) -> BoundaryDistances:
+    u_rows, u_cols = np.flatnonzero(p.any(1) | g.any(1)), np.flatnonzero(p.any(0) | g.any(0))
+    if len(u_rows) == 0:
+        e = np.zeros((0, 2), np.int64)
+        return BoundaryDistances(e, e.copy(), np.zeros(0), np.zeros(0))
+    # crop to the union's bounding box plus a 1-px margin: every boundary pixel is inside, and the erosion is unchanged
+    r0, r1 = max(u_rows[0] - 1, 0), min(u_rows[-1] + 2, p.shape[0])
+    c0, c1 = max(u_cols[0] - 1, 0), min(u_cols[-1] + 2, p.shape[1])
+    bp, bg = _boundary(p[r0:r1, c0:c1]), _boundary(g[r0:r1, c0:c1])
+    P, G = np.argwhere(bp), np.argwhere(bg)
+    if len(P) and len(G) and len(P) + len(G) > EDT_MIN_FRACTION * bp.size:
+        # many boundary pixels (fragmented masks): exact Euclidean distance transforms of the crop cost O(area),
+        # whatever the number of points, and give the same distances as the KD-tree (sqrt of the same integers)
+        d_pg = ndimage.distance_transform_edt(~bg)[P[:, 0], P[:, 1]]
+        d_gp = ndimage.distance_transform_edt(~bp)[G[:, 0], G[:, 1]]
+    else:
+        d_pg = _nearest(P, G, bg[P[:, 0], P[:, 1]])
+        d_gp = _nearest(G, P, bp[G[:, 0], G[:, 1]])
+    off = np.array([r0, c0])
+    return BoundaryDistances(P + off, G + off, d_pg, d_gp)
+
+def boundary_distances(pred: Any, gt: Any) -> BoundaryDistances:
+    "Boundary pixels of `pred` and `gt` (H, W) and their directed Euclidean distances to the other boundary (pixels)."
+    return _boundary_distances(*check_pair(pred, gt))
+
+# %% ../nbs/04_metrics.ipynb #bd3603d8
+def _refuse_mask(a: np.ndarray, name: str):
+    "Raise the error that says why `a` is not a 2-D binary mask."
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) mask, got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.number)):
+        raise TypeError(f"{name} must hold numbers or booleans, got dtype {a.dtype}")
+    bad = a[(a != 0) & (a != 1)]
+    raise ValueError(f"{name} must be binary (bool, or only 0 and 1); found values such as "
+                     f"{np.unique(bad)[:5].tolist()}. Binarise it first, e.g. `mask > 127` for an 8-bit "
+                     "PNG/JPEG mask or `prob > 0.5` for probabilities.")
+
+def _refuse_shapes(sp: tuple, sg: tuple):
+    raise ValueError(f"pred and gt shapes differ: pred {sp} vs gt {sg}. Score at the ground truth's (original) "
+                     "resolution: resize the prediction to the gt's size first (masks are never resized silently).")
+
+def _refuse_batch(logits: torch.Tensor, target: torch.Tensor, who: str):
+    if tuple(logits.shape) != tuple(target.shape):
+        raise ValueError(f"{who}: logits and target shapes differ: logits {tuple(logits.shape)} vs target {tuple(target.shape)} "
+                         "(expected both (B, H, W))")
+    raise ValueError(f"{who}: expected (B, H, W) tensors, got shape {tuple(logits.shape)}")
+
+# %% ../nbs/04_metrics.ipynb #72e5e4e5
+def grow_mask(mask: Any, r: float) -> np.ndarray:
+    """Dilate a binary mask by a disk of radius `r` pixels (`r` < 0 erodes by |r|), exactly, via SciPy's Euclidean
+    distance transform. Pixels outside the image do not erode the mask (its border is not a boundary here).
+    For perturbation studies and tests."""
+    m = as_mask(mask)
+    if r == 0 or not m.any() or m.all(): return m.copy()
+    if r > 0: return ndimage.distance_transform_edt(~m) <= r
+    return ndimage.distance_transform_edt(m) > -r
+
+def shift_mask(mask: Any, dy: int, dx: int) -> np.ndarray:
+    "Shift a binary mask by (`dy`, `dx`) pixels (down, right), filling with background; what leaves the image is lost."
+    m = as_mask(mask); out = np.zeros_like(m); H, W = m.shape
+    if abs(dy) >= H or abs(dx) >= W: return out
+    out[max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = m[max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)]
+    return out
+
 # %% ../nbs/04_metrics.ipynb #a68d0e29
 def _batch_counts(logits: torch.Tensor, target: torch.Tensor, threshold: float, who: str):
     _check_batch(logits, target, who)
@@ -265,3 +250,28 @@ def batch_iou(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
     "Per-image IoU (%) of `sigmoid(logits) > threshold` vs `target` (B, H, W): a (B,) float32 tensor on the same device."
     i, n_p, n_g = _batch_counts(logits, target, threshold, "batch_iou")
     return _empty_aware(100.0 * i / (n_p + n_g - i).clamp_min(1), n_p, n_g)
+
+# %% ../nbs/04_metrics.ipynb #1d90bc8a
+def summarize(rows: Iterable[Mapping] | Any, ddof: int = 0) -> dict:
+    """Mean and std over images of dice/iou/hd95, the number of images, and how many took each empty rule.
+    `rows`: a list of dicts (as `score_pair` returns) or a pandas DataFrame with columns dice, iou, hd95 and
+    optionally empty_rule. Non-finite scores raise (images are never dropped)."""
+    recs = rows.to_dict("records") if hasattr(rows, "to_dict") and hasattr(rows, "columns") else list(rows)
+    if not recs: raise ValueError("summarize() got no rows: nothing to summarise")
+    out: dict = dict(n=len(recs))
+    for key in ("dice", "iou", "hd95"):
+        try: v = np.array([float(r[key]) for r in recs])
+        except KeyError: raise KeyError(f"summarize(): every row needs '{key}' (rows come from score_pair)") from None
+        bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad):
+            raise ValueError(f"summarize(): {len(bad)} non-finite {key} value(s), rows {bad[:10].tolist()}; every image must "
+                             "have a finite score (score_pair's empty rules guarantee it); dropping images biases the mean")
+        out[f"{key}_mean"], out[f"{key}_std"] = float(v.mean()), float(v.std(ddof=ddof)) if len(v) > ddof else math.nan
+    rules = [r.get("empty_rule") for r in recs]
+    rules = [x if isinstance(x, str) else None for x in rules]  # pandas may hold None as NaN
+    unknown = set(rules) - set(EMPTY_RULES) - {None}
+    if unknown: raise ValueError(f"summarize(): unknown empty_rule value(s) {sorted(unknown)}; expected one of {EMPTY_RULES} or None")
+    for rule in EMPTY_RULES: out[f"n_{rule}"] = rules.count(rule)
+    hd_ok = [float(r["hd95"]) for r, x in zip(recs, rules) if x is None]
+    out["hd95_mean_nonempty"] = float(np.mean(hd_ok)) if hd_ok else math.nan
+    return out
