@@ -69,7 +69,7 @@ def read_mask_png(path: str | os.PathLike) -> np.ndarray:
     if not np.isin(a, (0, 255)).all(): raise ValueError(f"{path} holds values other than 0 and 255: not a lossless mask")
     return a == 255
 
-# %% ../nbs/06_evaluate.ipynb #67fa5f8a
+# %% ../nbs/06_evaluate.ipynb #07fbfb93
 RUN_CONFIG, RUN_SUMMARY = "config.json", "summary.json"
 WHICH = ("best", "last", "base")    # base: the run's frozen base model alone (zero-shot)
 SPLITS = ("train", "val", "test")
@@ -100,7 +100,7 @@ def read_run(run_dir: str | os.PathLike) -> dict:
         status = (summary or {}).get("status", "unknown")
     return dict(cfg, path=str(run), status=status, summary=summary)
 
-# %% ../nbs/06_evaluate.ipynb #9cd54eb4
+# %% ../nbs/06_evaluate.ipynb #0dfdd830
 def load_run(run_dir: str | os.PathLike, which: str = "best", clipseg=None, tokenizer=None,
              device: str | torch.device | None = None) -> tuple[VLSMAdapter, Any, dict]:
     """Rebuild the model of run folder `run_dir` from its `which` adapter folder ('best' or 'last'), or its base
@@ -156,7 +156,7 @@ def run_dataset(train_config: dict, split: str = "test", data_root: str | os.Pat
     ds.set_epoch(0)
     return ds
 
-# %% ../nbs/06_evaluate.ipynb #d165e218
+# %% ../nbs/06_evaluate.ipynb #3753acda
 EVAL_KIND = "vlsm_adapter evaluation"
 METRIC_LABELS = {"dice": "Dice (%)", "iou": "IoU (%)", "hd95": "HD95 (px)"}
 
@@ -174,7 +174,7 @@ class EvalResult:
                 f"n={s.get('n')}, Dice {s.get('dice_mean', math.nan):.2f}, IoU {s.get('iou_mean', math.nan):.2f}, "
                 f"HD95 {s.get('hd95_mean', math.nan):.2f} -> {self.out_dir})")
 
-# %% ../nbs/06_evaluate.ipynb #49a4adf4
+# %% ../nbs/06_evaluate.ipynb #b1eca387
 def _predict_split(model, ds, tok, dev, indices: list[int], batch_size: int, threshold: float, out: Path,
                    desc: str, progress: bool) -> pd.DataFrame:
     "Predict `ds[indices]`, write each mask as PNG under `out`/masks at its original size, score it there: one row each."
@@ -201,7 +201,7 @@ def _predict_split(model, ds, tok, dev, indices: list[int], batch_size: int, thr
     bar.close()
     return pd.DataFrame(rows)
 
-# %% ../nbs/06_evaluate.ipynb #ee919a08
+# %% ../nbs/06_evaluate.ipynb #c40b8bb3
 EVAL_MARKER = ".evaluating"   # written before the first mask, removed with the summary's arrival: an interrupted evaluation
 
 def _prepare_eval_dir(out: Path):
@@ -222,7 +222,7 @@ def _prepare_eval_dir(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / EVAL_MARKER).write_text(EVAL_KIND)
 
-# %% ../nbs/06_evaluate.ipynb #1826bb95
+# %% ../nbs/06_evaluate.ipynb #55f154b8
 def _eval_dataset(tc: dict, split: str, data_root, prompt):
     "The split to evaluate, checked (records present, every file decoded) before any model is loaded."
     ds = run_dataset(tc, split, data_root=data_root, prompt=prompt)       # data problems first, before the model
@@ -248,7 +248,7 @@ def _short_or_none(name: str) -> str | None:
     try: return short_name(name)
     except (ValueError, TypeError): return None
 
-# %% ../nbs/06_evaluate.ipynb #29ef6baf
+# %% ../nbs/06_evaluate.ipynb #434009bc
 def _eval_summary(info: dict, df: pd.DataFrame, ds, model, split: str, which: str, threshold: float, limit,
                   data_root, dev, run_dir, t0: float) -> dict:
     "The record written to summary.json: means and stds, counts, what was evaluated and how."
@@ -266,7 +266,7 @@ def _eval_summary(info: dict, df: pd.DataFrame, ds, model, split: str, which: st
                    device=str(dev), seconds=time.time() - t0, train_config=tc)
     return _json_safe(summary)
 
-# %% ../nbs/06_evaluate.ipynb #8e3c7826
+# %% ../nbs/06_evaluate.ipynb #2185d9f7
 def evaluate_run(run_dir: str | os.PathLike,          # a run folder written by `fit`
                  split: str = "test",                  # train | val | test
                  which: str = "best",                  # adapter folder: best | last
@@ -303,7 +303,7 @@ def evaluate_run(run_dir: str | os.PathLike,          # a run folder written by 
         (out / EVAL_MARKER).unlink(missing_ok=True)
         return EvalResult(df, summary, out, ds)
 
-# %% ../nbs/06_evaluate.ipynb #e164aaa3
+# %% ../nbs/06_evaluate.ipynb #8dfd1b5e
 def summary_table(summary: dict, digits: int = 2) -> pd.DataFrame:
     "Mean ± std of each metric of an evaluation summary, as a small table."
     rows = {METRIC_LABELS[k]: dict(mean=summary[f"{k}_mean"], std=summary[f"{k}_std"],
@@ -325,7 +325,7 @@ def zero_shot_table(base: dict, adapted: dict, digits: int = 1) -> pd.DataFrame:
         rows[name]["trainable"] = f"{tr:,}" + (f" ({100 * tr / tot:.1f} %)" if tot else "") if tr is not None else "?"
     return pd.DataFrame(rows).T
 
-# %% ../nbs/06_evaluate.ipynb #87b9e76b
+# %% ../nbs/06_evaluate.ipynb #54efd7b5
 PAPER_CITATION = ('Dhakal et al., "VLSM-Adapter: Finetuning Vision-Language Segmentation Efficiently with Lightweight '
                   'Blocks", MICCAI 2024, arXiv:2405.06196')
 
@@ -358,7 +358,7 @@ CheXlocalize,HD95,537.57,519.21,724.55,533.04,535.97
 """
 "Table 1 of the paper (test-set means): DSC and IoU in %, HD95 in pixels. SA/DA are the VL variants."
 
-# %% ../nbs/06_evaluate.ipynb #edba673d
+# %% ../nbs/06_evaluate.ipynb #aa674103
 PAPER_TABLE2_CSV = """\
 dataset,metric,V_shallow,V_dense,VL_shallow,VL_dense,VLC_shallow,VLC_dense
 Kvasir-SEG,DSC,86.52,89.65,86.85,89.10,86.80,89.06
@@ -388,7 +388,7 @@ CheXlocalize,HD95,535.44,536.76,533.04,535.97,542.80,533.12
 """
 "Table 2 of the paper (test-set means): the V, VL and VLC variants of the shallow (SA) and dense (DA) adapters."
 
-# %% ../nbs/06_evaluate.ipynb #33700c3e
+# %% ../nbs/06_evaluate.ipynb #4d2f0b48
 _PAPER_METRICS = {"DSC": "dice", "IoU": "iou", "HD95": "hd95"}
 E2E_NOTE = ("The paper's CLIPSeg 'E2E' baseline went through HF's forward, which runs the encoders under no_grad: it "
             "trained only the decoder. Our 'decoder' method is its counterpart; our 'e2e' trains all parameters.")
@@ -421,7 +421,7 @@ def paper_row(dataset: str, method: str, variant: str | None = None) -> dict | N
     for _, r in rows.iterrows(): out[_PAPER_METRICS[r.metric]] = float(r[col])
     return out
 
-# %% ../nbs/06_evaluate.ipynb #94ed33d5
+# %% ../nbs/06_evaluate.ipynb #0da02b13
 def compare_with_paper(summary: dict, dataset: str | None = None, method: str | None = None,
                        variant: str | None = None) -> pd.DataFrame | None:
     """Our mean ± std beside the paper's number for the same configuration (default: the one in `summary`), and
@@ -438,7 +438,7 @@ def compare_with_paper(summary: dict, dataset: str | None = None, method: str | 
     t.attrs.update(source=row["source"], note=row["note"], citation=row["citation"], dataset=row["dataset"])
     return t
 
-# %% ../nbs/06_evaluate.ipynb #99be4dd5
+# %% ../nbs/06_evaluate.ipynb #2f0afbb9
 def report(result: EvalResult) -> str:
     "The summary (and the paper comparison, when there is one) as text."
     s = result.summary
@@ -453,7 +453,7 @@ def report(result: EvalResult) -> str:
     lines.append(f"written to {result.out_dir} (masks/, per_image.csv, summary.json)")
     return "\n".join(lines)
 
-# %% ../nbs/06_evaluate.ipynb #0263eb59
+# %% ../nbs/06_evaluate.ipynb #ddd05176
 def _thick(mask: np.ndarray, r: int = 1) -> np.ndarray:
     from scipy import ndimage
     b = boundary(mask)
@@ -466,7 +466,7 @@ def case_image(image, gt: np.ndarray, pred: np.ndarray, fill=(0, 215, 255), outl
     out[_thick(gt, max(1, round(max(H, W) / 300)))] = outline
     return out
 
-# %% ../nbs/06_evaluate.ipynb #2be85a91
+# %% ../nbs/06_evaluate.ipynb #1e9d0631
 def show_cases(result: EvalResult, dataset=None, k: int = 4, width: float = 3.0, wrap: int | None = None, by: str = "dice"):
     "The `k` best (top row) and `k` worst (bottom row) images of `result` by `by`: prediction filled, ground truth outlined."
     import matplotlib.pyplot as plt
@@ -495,7 +495,7 @@ def show_cases(result: EvalResult, dataset=None, k: int = 4, width: float = 3.0,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/06_evaluate.ipynb #57d7224b
+# %% ../nbs/06_evaluate.ipynb #ecb92724
 def load_eval(out_dir: str | os.PathLike, data_root: str | os.PathLike | None = None, with_dataset: bool = True) -> EvalResult:
     "Read back an evaluation folder written by `evaluate_run` (the dataset rebuilt for figures when `with_dataset`)."
     out = Path(out_dir)
@@ -511,7 +511,7 @@ def load_eval(out_dir: str | os.PathLike, data_root: str | os.PathLike | None = 
                          prompt=summary.get("eval_prompt"))
     return EvalResult(df, summary, out, ds)
 
-# %% ../nbs/06_evaluate.ipynb #15dc8b02
+# %% ../nbs/06_evaluate.ipynb #22c7e54e
 def plot_metric_hist(result: EvalResult, metric: str = "dice", bins: int = 20, ax=None):
     "Histogram of a per-image metric, with our mean and the paper's (when the paper has this configuration)."
     import matplotlib.pyplot as plt
@@ -527,7 +527,7 @@ def plot_metric_hist(result: EvalResult, metric: str = "dice", bins: int = 20, a
     ax.set_title(f"{METRIC_LABELS[metric]} per image, {s.get('dataset')} {s.get('split')} (n = {len(v)})", fontsize=10)
     return ax.figure
 
-# %% ../nbs/06_evaluate.ipynb #df2ae8bf
+# %% ../nbs/06_evaluate.ipynb #1ef96ab7
 def build_parser() -> argparse.ArgumentParser:
     "argparse options of `python -m vlsm_adapter.evaluate` (the names of `evaluate_run`'s arguments)."
     p = argparse.ArgumentParser(prog="python -m vlsm_adapter.evaluate", description=evaluate_run.__doc__,
