@@ -23,11 +23,12 @@ from .utils import atomic_write_text, atomic_path, in_ipython
 __all__ = ['PAPER_DATASETS', 'PAPER_SEEDS', 'BASELINES', 'PAPER_METHODS', 'RESERVED', 'TRAIN_NB', 'EVAL_NB', 'STATUS_JSON',
            'STATUS_CSV', 'IGNORED_DIFFS', 'TEST_ENV', 'STATUS_COLUMNS', 'METRICS', 'METRIC_NAMES', 'COLLECT_COLUMNS',
            'PAPER_PARAMS', 'TABLE1_ROWS', 'TABLE2_ROWS', 'TABLE1_NOTES', 'TABLE2_NOTES', 'SPLIT_SIZES',
-           'ASSUMED_IMG_PER_S', 'run_name', 'RunSpec', 'dataset_key', 'Grid', 'paper_grid', 'train_status',
-           'eval_summary', 'settings_conflict', 'plan_run', 'SweepFailed', 'find_notebook', 'notebook_parameters',
-           'check_parameters', 'as_real_run', 'stderr_to', 'execute_notebook', 'error_message',
-           'set_aside_incomplete_eval', 'run_sweep', 'collect', 'aggregate', 'paper_value', 'table1', 'table2',
-           'format_cell', 'wide', 'to_markdown', 'figure2', 'write_tables', 'build_parser', 'main', 'estimate_cost']
+           'ASSUMED_IMG_PER_S', 'MINI_DATASET', 'MINI_ORDER', 'run_name', 'RunSpec', 'dataset_key', 'Grid',
+           'paper_grid', 'train_status', 'eval_summary', 'settings_conflict', 'plan_run', 'SweepFailed',
+           'find_notebook', 'notebook_parameters', 'check_parameters', 'as_real_run', 'stderr_to', 'execute_notebook',
+           'error_message', 'set_aside_incomplete_eval', 'run_sweep', 'collect', 'aggregate', 'paper_value', 'table1',
+           'table2', 'format_cell', 'wide', 'to_markdown', 'figure2', 'write_tables', 'build_parser', 'main',
+           'estimate_cost', 'miniature_grid', 'paper_mean', 'miniature_table', 'miniature_wide', 'miniature_figure']
 
 # %% ../nbs/08_experiments.ipynb #b588af72
 PAPER_DATASETS: tuple[str, ...] = tuple(PAPER_NAMES)
@@ -672,6 +673,86 @@ def estimate_cost(grid: Grid | Iterable[RunSpec], img_per_s: dict | None = None,
     t.attrs["assumptions"] = (f"assumed throughputs {ips} img/s, {epochs} epochs per run, validation at {val_cost:.2g} "
                               f"of a training step's cost, {overhead_s:g} s start-up per run")
     return t
+
+# %% ../nbs/08_experiments.ipynb #38ae84cb
+MINI_DATASET = "synthetic-us"
+MINI_ORDER = [("zero-shot", None), ("decoder", None), ("e2e", None),
+              *[(m, v) for m in ("shallow", "dense") for v in VARIANTS]]
+"Rows of the miniature, in the paper's order: the frozen base, the two baselines, then shallow and dense × V/VL/VLC."
+
+def miniature_grid(seeds: Iterable[int] = PAPER_SEEDS, **fixed) -> Grid:
+    "The paper's grid on the target domain `synthetic-us` alone: decoder, e2e, shallow/dense × V/VL/VLC, `seeds`."
+    return Grid([MINI_DATASET], PAPER_METHODS, VARIANTS, seeds, **fixed)
+
+# %% ../nbs/08_experiments.ipynb #2140b22f
+def paper_mean(method: str, variant: str | None, metric: str = "dice") -> float:
+    "The paper's number for a configuration, averaged over its eight datasets (Table 2; Table 1's CLIPSeg E2E for e2e/decoder)."
+    col, n = (f"{variant.upper()}_{method}", 2) if method in ADAPTER_METHODS else ("CLIPSeg_E2E", 1)
+    t = paper_table(n)
+    return float(t[t.metric == _PAPER_METRIC[metric]][col].mean()) if method != "zero-shot" else math.nan
+
+def miniature_table(runs: pd.DataFrame, zero_shot: dict | None = None) -> pd.DataFrame:
+    """One row per configuration of `MINI_ORDER` found in `runs` (a `collect` result) plus the zero-shot base (an
+    evaluation summary): trainable parameters and their share, test Dice/IoU/HD95 mean and std over seeds, and the
+    paper's eight-dataset mean Dice of the same configuration with the rank of each column."""
+    agg = aggregate(runs).set_index(["method", "variant"]) if len(runs) else None
+    rows = []
+    for m, v in MINI_ORDER:
+        if m == "zero-shot":
+            if zero_shot is None: continue
+            r = dict(trainable_params=0, total_params=np.nan, n_seeds=1,
+                     **{k: zero_shot.get(f"{k}_mean", np.nan) for k in METRICS}, **{f"{k}_std": np.nan for k in METRICS})
+        else:
+            if agg is None or (m, v) not in agg.index: continue
+            a = agg.loc[(m, v)]
+            tot = runs[(runs.method == m) & (runs.variant.fillna("") == (v or ""))].total_params.iloc[0]
+            r = dict(trainable_params=a.trainable_params, total_params=tot, n_seeds=a.n_seeds,
+                     **{k: a[k] for k in METRICS}, **{f"{k}_std": a[f"{k}_std"] for k in METRICS})
+        rows.append(dict(config=m if v is None else f"{m} {v.upper()}", method=m, variant=v, **r,
+                         paper_dice=paper_mean(m, v)))
+    t = pd.DataFrame(rows)
+    if len(t):
+        t["trainable_pct"] = 100 * t.trainable_params / t.total_params.ffill().bfill()
+        t["rank"] = t.dice.rank(ascending=False).astype(int)
+        t["paper_rank"] = t.paper_dice.rank(ascending=False)
+    return t
+
+# %% ../nbs/08_experiments.ipynb #7d65418e
+def miniature_wide(t: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    "`miniature_table` for reading: mean ± std per metric, parameters as 'n (share %)', ranks side by side."
+    f = lambda m, s: format_cell(m, s, digits=digits)
+    return pd.DataFrame({
+        "trainable": [f"{_params_label(n) if n else '0'}" + (f" ({p:.1f} %)" if _fin(p) and n else "") for n, p in zip(t.trainable_params, t.trainable_pct)],
+        "seeds": t.n_seeds.tolist(), **{METRIC_NAMES[k]: [f(a, b) for a, b in zip(t[k], t[f"{k}_std"])] for k in METRICS},
+        "rank": t["rank"].tolist(), "paper DSC (8-dataset mean)": [format_cell(p, digits=2) for p in t.paper_dice],
+        "paper rank": [("–" if not _fin(r) else f"{r:g}") for r in t.paper_rank]}, index=pd.Index(t.config, name="configuration"))
+
+# %% ../nbs/08_experiments.ipynb #4b3266ac
+def miniature_figure(t: pd.DataFrame, metric: str = "dice"):
+    "Figure 2 in miniature: our test `metric` per adapter variant (shallow vs dense) beside the paper's 8-dataset mean (hatched), the baselines and the zero-shot base as lines."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw=dict(width_ratios=[3, 1.4]))
+    x, w = np.arange(len(VARIANTS)), 0.2
+    for i, m in enumerate(("shallow", "dense")):
+        a = t[t.method == m].set_index("variant").reindex(list(VARIANTS))
+        ax[0].bar(x - 0.3 + w * (2 * i + 0.5), a[metric], w, yerr=np.nan_to_num(a[f"{metric}_std"]), capsize=2,
+                  color=_COLORS[m], label=f"ours {m}")
+        if metric == "dice":
+            ax[0].bar(x - 0.3 + w * (2 * i + 1.5), [paper_mean(m, v) for v in VARIANTS], w, color=_COLORS[m],
+                      alpha=0.4, hatch="//", edgecolor=_COLORS[m], label=f"paper {m} (8-dataset mean)")
+    styles = {"zero-shot": ("k", ":"), "decoder": ("C2", "--"), "e2e": ("C3", "-.")}
+    for c, (col, ls) in styles.items():
+        r = t[t.method == c]
+        if len(r): ax[0].axhline(float(r[metric].iloc[0]), color=col, ls=ls, lw=1.2, label=f"ours {c}")
+    ax[0].set_xticks(x, [v.upper() for v in VARIANTS]); ax[0].set_ylabel(METRIC_NAMES[metric])
+    ax[0].set_title(f"test {METRIC_NAMES[metric]} on {MINI_DATASET}, mean ± std over seeds"); ax[0].grid(axis="y", alpha=0.3)
+    ax[0].legend(fontsize=7.5, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    tr = t[t.method != "zero-shot"]
+    ax[1].scatter(tr.trainable_params, tr[metric], c=[_COLORS.get(m, "C3" if m == "e2e" else "C2") for m in tr.method], s=25)
+    for r in tr.itertuples(): ax[1].annotate(r.config, (r.trainable_params, getattr(r, metric)), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax[1].set_xscale("log"); ax[1].set_xlabel("trainable parameters"); ax[1].set_title("what each parameter buys"); ax[1].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/08_experiments.ipynb #6d66efe3
 if __name__ == "__main__" and not in_ipython(): sys.exit(main())
