@@ -36,7 +36,8 @@ def test_resolved_defaults():
     assert (g.model, g.lr, g.batch_size, g.image_size, g.max_epochs) == ("tiny-pretrained", 3e-3, 8, 160, 30)
     assert TrainConfig(dataset="synthetic").resolved().max_epochs == 15
     assert TrainConfig(method="e2e").resolved().variant is None                        # variants are for adapters
-    assert TrainConfig(dataset="synthetic", method="decoder").resolved().lr == 1e-3     # 3e-3 is for adapters only
+    assert TrainConfig(dataset="synthetic", method="decoder").resolved().lr == 1e-3     # 3e-3 is for dense adapters only
+    assert TrainConfig(method="shallow").resolved().lr == 3e-4                          # shallow VL diverged at 3e-3 and 1e-3
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed on a CUDA GPU")
