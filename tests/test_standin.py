@@ -73,5 +73,5 @@ def test_target_domain_zero_shot_poor_and_adapters_close_the_gap(tmp_path):
     zero = evaluate_run(tmp_path / "run", which="base", progress=False).summary
     adapted = evaluate_run(tmp_path / "run", progress=False).summary
     assert zero["dice_mean"] <= 50, zero["dice_mean"]
-    # aimed at >= 80; measured ~65 with this budget (see 05_train): asserted is what the quickstart shows, with a margin
-    assert adapted["dice_mean"] >= 50 and adapted["dice_mean"] >= zero["dice_mean"] + 30, (zero["dice_mean"], adapted["dice_mean"])
+    # aimed at >= 80; measured 78.1 (zero-shot 3.1) with this budget (`make demo`, README): asserted with a margin
+    assert adapted["dice_mean"] >= 70 and adapted["dice_mean"] >= zero["dice_mean"] + 30, (zero["dice_mean"], adapted["dice_mean"])
