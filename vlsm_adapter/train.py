@@ -28,7 +28,7 @@ __all__ = ['DEFAULT_LR', 'GENERATED_LR', 'GENERATED_BATCH', 'PRECISIONS', 'RESUM
 # %% ../nbs/05_train.ipynb #e5173537
 DEFAULT_LR = {"dense": 1e-3, "e2e": 1e-3, "decoder": 1e-3, "shallow": 3e-4}
 GENERATED_LR = 3e-3   # dense adapters on the generated datasets: measured faster than 1e-3, stable (shallow keeps 3e-4: see below)
-GENERATED_BATCH = 8   # batch size there: on synthetic-us, val Dice 72.9 after 15 epochs against 62 with batch 32, same time
+GENERATED_BATCH = 8   # batch size there: dense VL on synthetic-us, val Dice 72.9 after 15 epochs against 62.1 with batch 32
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 # %% ../nbs/05_train.ipynb #97a5e797
