@@ -22,7 +22,7 @@ __all__ = ['ALL_CONFIGS', 'PROMPTS', 'PEER_CONFIGS', 'TARGETS', 'peak_memory_mb'
            'peer_ratio', 'precision_gain', 'compile_gain', 'data_rate', 'summarize_bench', 'check_targets',
            'peer_lines', 'main']
 
-# %% ../nbs/09_bench.ipynb #762f1097
+# %% ../nbs/09_bench.ipynb #043d7921
 ALL_CONFIGS = [(m, v) for m in ADAPTER_METHODS for v in VARIANTS] + [("decoder", None), ("e2e", None)]
 PROMPTS = ["a pink polyp in a colonoscopy image", "skin lesion", "the left ventricle of the heart",
            "a round bright lesion", "diabetic foot ulcer", "breast tumour in ultrasound"]
@@ -37,6 +37,7 @@ def _median_time(fn, steps: int, warmup: int, device) -> float:
         _sync(device); t = time.perf_counter(); fn(); _sync(device); ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
+# %% ../nbs/09_bench.ipynb #afba65ef
 def _inputs(tok, batch, image_size, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     px = torch.randn(batch, 3, image_size, image_size, generator=g).to(device)
@@ -56,6 +57,7 @@ def peak_memory_mb(device) -> float:
     if torch.device(device).type == "cuda": return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # ru_maxrss is in KiB on Linux
 
+# %% ../nbs/09_bench.ipynb #369a267b
 def bench_one(method: str, variant: str | None, model: str = "random", batch: int = 2, steps: int = 5, warmup: int = 2,
               device: str | None = None, precision: str = "auto", image_size: int = 352, infer: bool = True) -> dict:
     "Train-step time, images/s, peak memory and inference time of one method/variant (in this process)."
@@ -110,7 +112,7 @@ def run_benchmarks(configs=ALL_CONFIGS, isolate: bool = True, progress: bool = T
         if progress: print(f"{method:8s}{variant or '-':4s} step {rows[-1]['step_s']:.3f}s  ({time.time() - t:.0f}s)", flush=True)
     return pd.DataFrame(rows)
 
-# %% ../nbs/09_bench.ipynb #8c7b6ea5
+# %% ../nbs/09_bench.ipynb #73adabf3
 def layer_skip_gain(model: str = "random", batch: int = 2, steps: int = 5, warmup: int = 2, device=None,
                     image_size: int = 352) -> dict:
     "Vision encoder forward time up to the last extracted layer vs through all layers (as the stock forward does)."
@@ -127,6 +129,7 @@ def layer_skip_gain(model: str = "random", batch: int = 2, steps: int = 5, warmu
         t_cut = _median_time(lambda: run(last), steps, warmup, device)
     return dict(layers_run=last, layers_total=len(layers), t_all_s=t_all, t_cut_s=t_cut, speedup=t_all / t_cut)
 
+# %% ../nbs/09_bench.ipynb #db2ed562
 def frozen_no_grad_gain(model: str = "random", batch: int = 2, steps: int = 5, warmup: int = 2, device=None,
                         image_size: int = 352) -> dict:
     """Shallow-V training step with the frozen encoders run without autograd (ours) vs with autograd recording
@@ -150,6 +153,7 @@ def frozen_no_grad_gain(model: str = "random", batch: int = 2, steps: int = 5, w
     t_rec = _median_time(recorded, steps, warmup, device)
     return dict(t_no_grad_s=t_ours, t_recorded_s=t_rec, speedup=t_rec / t_ours)
 
+# %% ../nbs/09_bench.ipynb #f9f9e3ab
 def feature_reuse_gain(model: str = "random", batch: int = 2, steps: int = 5, warmup: int = 2, device=None,
                        image_size: int = 352) -> dict:
     "Shallow-V training step from cached frozen features vs recomputing them (the per-epoch gain from epoch 2 on)."
@@ -332,7 +336,7 @@ def data_rate(dataset: str = "clinicdb", split: str = "train", root=None, size: 
                 epoch_uncached_s=len(ds) / r_plain, epoch_cached_s=len(ds) / r_cached, cache_build_s=t_build,
                 identical=same, speedup=r_cached / r_plain)
 
-# %% ../nbs/09_bench.ipynb #4abdbd5e
+# %% ../nbs/09_bench.ipynb #f475d4d0
 def summarize_bench(df: pd.DataFrame) -> pd.DataFrame:
     "Add ratios against E2E (step time, peak memory) to a benchmark table."
     df = df.copy()
@@ -354,6 +358,7 @@ def check_targets(df: pd.DataFrame, reuse: dict) -> pd.DataFrame:
                      met=reuse["speedup"] >= 5.0))
     return pd.DataFrame(rows)
 
+# %% ../nbs/09_bench.ipynb #5271923f
 def peer_lines(peers: list[dict], df: pd.DataFrame | None = None) -> list[str]:
     "Readable lines of `peer_ratio` results (official-path step / ours), with the E2E ratio from `df` when given."
     out = []
@@ -366,7 +371,9 @@ def peer_lines(peers: list[dict], df: pd.DataFrame | None = None) -> list[str]:
         out.append(line)
     return out
 
-def main(argv=None):
+# %% ../nbs/09_bench.ipynb #d80503c6
+def _parser() -> argparse.ArgumentParser:
+    "The command line of `main`."
     p = argparse.ArgumentParser(prog="python -m vlsm_adapter.bench", description="Benchmark adapter training vs full fine-tuning and vs the official code's path.")
     p.add_argument("--model", default="random"); p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=5); p.add_argument("--warmup", type=int, default=2)
@@ -380,7 +387,21 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/bench.json")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--json-stdout", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    return p
+
+# %% ../nbs/09_bench.ipynb #3ea497d0
+def _report_gains(df: pd.DataFrame, kw: dict, out: dict):
+    "Time the shortcut gains, check the targets, print both and record them in `out`."
+    gains = dict(layer_skip=layer_skip_gain(**kw), frozen_no_grad=frozen_no_grad_gain(**kw),
+                 feature_reuse_step=feature_reuse_gain(**kw), feature_reuse_epoch=feature_reuse_epoch_gain(**kw))
+    targets = check_targets(df, gains["feature_reuse_epoch"])
+    for k, g in gains.items(): print(f"{k}: {g['speedup']:.2f}x", {kk: round(v, 4) for kk, v in g.items() if kk != "speedup"})
+    print(targets.to_string(index=False))
+    out.update(gains=gains, targets=targets.to_dict("records"))
+
+# %% ../nbs/09_bench.ipynb #51fb170b
+def main(argv=None):
+    a = _parser().parse_args(argv)
     if in_test() and argv is None: a.model, a.steps, a.warmup, a.image_size = "tiny", 1, 1, 160    # quick under nbdev_test
     kw = dict(model=a.model, batch=a.batch, steps=a.steps, warmup=a.warmup, device=a.device, image_size=a.image_size)
     if a.one:
@@ -397,13 +418,7 @@ def main(argv=None):
         print(df[["method", "variant", "trainable", "step_s", "img_per_s", "peak_mem_mb", "step_vs_e2e", "mem_vs_e2e",
                   "infer_s", "infer_vs_stock"]].round(3).to_string(index=False))
         out.update(results=df.to_dict("records"))
-    if not a.no_table and not a.no_gains:
-        gains = dict(layer_skip=layer_skip_gain(**kw), frozen_no_grad=frozen_no_grad_gain(**kw),
-                     feature_reuse_step=feature_reuse_gain(**kw), feature_reuse_epoch=feature_reuse_epoch_gain(**kw))
-        targets = check_targets(df, gains["feature_reuse_epoch"])
-        for k, g in gains.items(): print(f"{k}: {g['speedup']:.2f}x", {kk: round(v, 4) for kk, v in g.items() if kk != "speedup"})
-        print(targets.to_string(index=False))
-        out.update(gains=gains, targets=targets.to_dict("records"))
+    if not a.no_table and not a.no_gains: _report_gains(df, kw, out)
     peers = [peer_ratio(m, v, cached=c, precision=prec, **kw) for m, v, c in PEER_CONFIGS]
     print("Against the official path (alternating steps, medians):"); print("\n".join("  " + l for l in peer_lines(peers, df)))
     low = precision_gain("dense", "vl", precision=a.low_precision, **kw)

@@ -20,17 +20,17 @@ from .evaluate import paper_table, E2E_NOTE, PAPER_CITATION, EVAL_KIND
 from .utils import atomic_write_text, atomic_path, in_ipython
 
 # %% auto #0
-__all__ = ['PAPER_DATASETS', 'PAPER_SEEDS', 'BASELINES', 'PAPER_METHODS', 'RESERVED', 'TRAIN_NB', 'EVAL_NB', 'STATUS_JSON',
-           'STATUS_CSV', 'IGNORED_DIFFS', 'TEST_ENV', 'STATUS_COLUMNS', 'METRICS', 'METRIC_NAMES', 'COLLECT_COLUMNS',
-           'PAPER_PARAMS', 'TABLE1_ROWS', 'TABLE2_ROWS', 'TABLE1_NOTES', 'TABLE2_NOTES', 'SPLIT_SIZES',
-           'ASSUMED_IMG_PER_S', 'MINI_DATASET', 'MINI_ORDER', 'run_name', 'RunSpec', 'dataset_key', 'Grid',
-           'paper_grid', 'train_status', 'eval_summary', 'settings_conflict', 'plan_run', 'SweepFailed',
-           'find_notebook', 'notebook_parameters', 'check_parameters', 'as_real_run', 'stderr_to', 'execute_notebook',
-           'error_message', 'set_aside_incomplete_eval', 'run_sweep', 'collect', 'aggregate', 'paper_value', 'table1',
-           'table2', 'format_cell', 'wide', 'to_markdown', 'figure2', 'write_tables', 'build_parser', 'main',
-           'estimate_cost', 'miniature_grid', 'paper_mean', 'miniature_table', 'miniature_wide', 'miniature_figure']
+__all__ = ['PAPER_DATASETS', 'PAPER_SEEDS', 'BASELINES', 'PAPER_METHODS', 'RESERVED', 'METRICS', 'METRIC_NAMES',
+           'COLLECT_COLUMNS', 'MINI_DATASET', 'MINI_ORDER', 'TRAIN_NB', 'EVAL_NB', 'STATUS_JSON', 'STATUS_CSV',
+           'IGNORED_DIFFS', 'TEST_ENV', 'STATUS_COLUMNS', 'PAPER_PARAMS', 'TABLE1_ROWS', 'TABLE2_ROWS', 'TABLE1_NOTES',
+           'TABLE2_NOTES', 'SPLIT_SIZES', 'ASSUMED_IMG_PER_S', 'run_name', 'RunSpec', 'dataset_key', 'Grid',
+           'paper_grid', 'train_status', 'eval_summary', 'collect', 'aggregate', 'format_cell', 'miniature_grid',
+           'paper_mean', 'miniature_table', 'miniature_wide', 'miniature_figure', 'settings_conflict', 'plan_run',
+           'SweepFailed', 'find_notebook', 'notebook_parameters', 'check_parameters', 'as_real_run', 'stderr_to',
+           'execute_notebook', 'error_message', 'set_aside_incomplete_eval', 'run_sweep', 'paper_value', 'table1',
+           'table2', 'wide', 'to_markdown', 'figure2', 'write_tables', 'build_parser', 'main', 'estimate_cost']
 
-# %% ../nbs/08_experiments.ipynb #b588af72
+# %% ../nbs/08_experiments.ipynb #a4d585ac
 PAPER_DATASETS: tuple[str, ...] = tuple(PAPER_NAMES)
 "Our short names of the paper's eight datasets, in the paper's order."
 PAPER_SEEDS: tuple[int, ...] = (41, 42, 43)
@@ -60,6 +60,7 @@ class RunSpec:
         return dict(dataset=self.dataset, method=self.method, variant=self.variant, seed=int(self.seed),
                     **self.params, out_dir=str(out_dir))
 
+# %% ../nbs/08_experiments.ipynb #4f4001db
 def dataset_key(name: str) -> str:
     "Our short name of dataset `name` (any spelling `short_name` accepts, or 'synthetic'); raises naming the known ones."
     if is_generated(name): return name.strip().lower()
@@ -70,6 +71,7 @@ def _as_list(x, what: str) -> list:
     if not xs: raise ValueError(f"{what} is empty")
     return list(dict.fromkeys(xs))          # unique, in order
 
+# %% ../nbs/08_experiments.ipynb #dcfab3e8
 class Grid:
     """Runs of every dataset × method × variant × seed (baselines without a variant), each with the `fixed`
     training parameters. Names are checked now, so a typo fails before the first GPU hour."""
@@ -101,18 +103,12 @@ class Grid:
         return pd.DataFrame([dict(name=r.name, dataset=r.dataset, method=r.method, variant=r.variant, seed=r.seed,
                                   **r.params) for r in self.runs])
 
+# %% ../nbs/08_experiments.ipynb #3f25bd75
 def paper_grid(datasets: Iterable[str] = PAPER_DATASETS, seeds: Iterable[int] = PAPER_SEEDS, **fixed) -> Grid:
     "The paper's full grid: 8 datasets × (dense and shallow × V/VL/VLC, decoder, e2e) × 3 seeds = 192 runs."
     return Grid(datasets, PAPER_METHODS, VARIANTS, seeds, **fixed)
 
-# %% ../nbs/08_experiments.ipynb #1a119ce5
-TRAIN_NB, EVAL_NB = "05_train.ipynb", "06_evaluate.ipynb"
-STATUS_JSON, STATUS_CSV = "sweep.json", "sweep.csv"
-IGNORED_DIFFS = ("out_dir", "overwrite", "num_workers", "cache_features", "progress")
-"Training parameters that may differ between a stored run and the sweep without changing its results."
-TEST_ENV = ("IN_TEST", "PYTEST_CURRENT_TEST")
-"Environment variables that make the notebooks shrink their work (`in_test()`): hidden from a sweep's kernels."
-
+# %% ../nbs/08_experiments.ipynb #a3144c3d
 def train_status(run_dir: str | os.PathLike) -> str:
     "'finished' (summary.json says so), 'unfinished' (a config or checkpoint but no finished summary) or 'absent'."
     run = Path(run_dir)
@@ -136,222 +132,7 @@ def eval_summary(run_dir: str | os.PathLike, split: str = "test", which: str = "
                 and s.get("which_requested", s.get("which")) == which): return s
     return None
 
-def settings_conflict(run_dir: str | os.PathLike, params: dict) -> str | None:
-    "How the training settings stored in `run_dir/config.json` differ from `params` (None: they agree, or no config)."
-    f = Path(run_dir) / "config.json"
-    if not f.is_file(): return None
-    try: stored = json.loads(f.read_text()).get("train_config") or {}
-    except (json.JSONDecodeError, AttributeError): return f"{f} is not readable JSON"
-    resumable = train_status(run_dir) != "finished"
-    diffs = []
-    for k, v in params.items():
-        if v is None or k in IGNORED_DIFFS or k not in stored or (resumable and k in RESUMABLE_CHANGES): continue
-        old = stored[k]
-        if k == "data_root": same = old is not None and Path(old).resolve() == Path(v).resolve()
-        elif isinstance(v, (int, float)) and isinstance(old, (int, float)): same = float(old) == float(v)
-        else: same = old == v
-        if not same: diffs.append(f"{k}: stored {old!r}, sweep {v!r}")
-    return "; ".join(diffs) or None
-
-def plan_run(run_dir: str | os.PathLike, params: dict, split: str = "test", which: str = "best",
-             force: bool = False) -> tuple[str, str | None]:
-    "What a sweep does with `run_dir`: (plan, reason) with plan in skip | evaluate | train+evaluate | resume+evaluate | conflict."
-    if force: return "train+evaluate", None
-    state = train_status(run_dir)
-    if state != "absent":
-        why = settings_conflict(run_dir, params)
-        if why: return "conflict", f"{run_dir} holds a run with other settings ({why}); use another root, or force=True to replace it"
-    if state == "finished": return ("skip" if eval_summary(run_dir, split, which) else "evaluate"), None
-    return ("resume+evaluate" if state == "unfinished" else "train+evaluate"), None
-
-# %% ../nbs/08_experiments.ipynb #22934d5d
-class SweepFailed(RuntimeError):
-    "Raised at the end of a sweep in which runs failed; `.table` is the sweep's status table."
-    def __init__(self, msg: str, table: pd.DataFrame):
-        super().__init__(msg); self.table = table
-
-def find_notebook(path: str | os.PathLike | None, default: str) -> Path:
-    "`path` (checked), else `nbs/<default>` of the repository holding this package or the working directory."
-    if path is not None:
-        p = Path(path).expanduser().resolve()
-        if not p.is_file(): raise FileNotFoundError(f"notebook {str(path)!r} not found (resolved: {p})")
-        return p
-    here = Path(globals().get("__file__", Path.cwd() / "x")).resolve().parent
-    starts = [Path.cwd().resolve(), here]
-    for d in [s for st in starts for s in (st, *st.parents)]:
-        for c in (d / "nbs" / default, d / default):
-            if c.is_file(): return c
-    raise FileNotFoundError(f"{default} not found in nbs/ of this repository or the working directory; pass its path "
-                            "(the notebooks live in the repository's nbs/ folder: a pip-installed package does not ship them)")
-
-def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
-    "Names in the papermill `parameters` cell of `notebook`."
-    import papermill as pm
-    return list(pm.inspect_notebook(str(notebook)))
-
-def check_parameters(notebook: Path, names: Iterable[str]):
-    "Raise when `names` holds a parameter `notebook` does not declare (papermill would inject it and nothing would read it)."
-    known = notebook_parameters(notebook)
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise ValueError(f"{notebook.name} has no parameter(s) {unknown}: papermill would inject them and the notebook "
-                         f"would ignore them. Its parameters: {', '.join(known)}")
-
-@contextlib.contextmanager
-def as_real_run():
-    "Hide the test markers (`TEST_ENV`) from kernels started inside the block."
-    saved = {k: os.environ.pop(k) for k in TEST_ENV if k in os.environ}
-    try: yield
-    finally: os.environ.update(saved)
-
-@contextlib.contextmanager
-def stderr_to(path: str | os.PathLike):
-    "Point file descriptor 2 at `path` (appending) inside the block: what started processes write there lands in the file."
-    try: sys.stderr.flush()
-    except Exception: pass
-    try: saved = os.dup(2)
-    except OSError: yield; return                      # no fd 2 to redirect
-    try:
-        with open(path, "ab") as f: os.dup2(f.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2); os.close(saved)
-
-def _keep_attempt(path: Path):
-    k = 1
-    while (old := path.with_name(f"{path.stem}.attempt{k}{path.suffix}")).exists(): k += 1
-    path.rename(old)
-
-def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict,
-                     cwd: str | os.PathLike, kernel_name: str = "python3"):
-    """Execute `notebook` with papermill into `output` (the record), in `cwd`, as a real run; an older `output` is kept
-    as `<stem>.attempt<k>.ipynb`. The kernel process's own stderr (not its cells' output) goes to `<stem>.kernel.log`."""
-    import papermill as pm
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.exists(): _keep_attempt(output)
-    with as_real_run(), stderr_to(output.with_suffix(".kernel.log")):
-        pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
-                            progress_bar=False, log_output=False, request_save_on_cell_execute=True)
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-def error_message(e: BaseException) -> str:
-    "One readable line for an exception (papermill's: the notebook's exception type and message, and the cell)."
-    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
-    msg = f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
-    if getattr(e, "exec_count", None) is not None: msg += f" (cell [{e.exec_count}])"
-    return _ANSI.sub("", msg).strip()
-
-def set_aside_incomplete_eval(run_dir: str | os.PathLike, split: str = "test", which: str = "best") -> list[Path]:
-    """Rename evaluation folders of `run_dir` that hold no valid summary (an evaluation killed midway) to
-    `<name>.incomplete<k>`: `evaluate_run` refuses to write into a folder with masks but no summary."""
-    run, moved = Path(run_dir), []
-    for name in [f"eval-{split}-{which}"] + ([f"eval-{split}-last"] if which == "best" else []):
-        d = run / name
-        if not d.is_dir(): continue
-        try: ok = json.loads((d / "summary.json").read_text()).get("kind") == EVAL_KIND
-        except (OSError, json.JSONDecodeError, AttributeError): ok = False
-        if ok: continue
-        k = 1
-        while (dest := run / f"{name}.incomplete{k}").exists(): k += 1
-        d.rename(dest); moved.append(dest)
-    return moved
-
-def _abs_data_root(params: dict) -> dict:
-    if params.get("data_root") is not None: params = dict(params, data_root=str(Path(params["data_root"]).expanduser().resolve()))
-    return params
-
-def _write_status(root: Path, rows: list[dict], meta: dict):
-    t = pd.DataFrame(rows)
-    counts = t.status.value_counts().to_dict()
-    atomic_write_text(root / STATUS_JSON, json.dumps(dict(meta, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                          counts=counts, runs=rows), indent=2, default=str))
-    atomic_write_text(root / STATUS_CSV, t.to_csv(index=False))
-
-STATUS_COLUMNS = ["name", "dataset", "method", "variant", "seed", "plan", "status", "stage", "error", "notebook",
-                  "seconds", "run_dir"]
-
-def run_sweep(grid: Grid | Iterable[RunSpec],            # the runs
-              root: str | os.PathLike = "runs/sweep",     # one folder per run below it, and sweep.json/sweep.csv
-              train_nb: str | os.PathLike | None = None,  # default: nbs/05_train.ipynb of this repository
-              eval_nb: str | os.PathLike | None = None,   # default: nbs/06_evaluate.ipynb
-              extra_params: dict | None = None,           # training parameters for every run (override the grid's)
-              eval_params: dict | None = None,            # evaluation parameters (split, which, batch_size, ...)
-              kernel_name: str = "python3",
-              dry_run: bool = False,                      # only list the plan
-              progress: bool = True,
-              raise_on_failure: bool = True,              # raise SweepFailed at the end if any run failed
-              force: bool = False,                        # re-train (overwrite=True) and re-evaluate every run
-              ) -> pd.DataFrame:
-    "Train and evaluate every run of `grid` with papermill, skipping finished ones; return (and write) the status table."
-    specs = list(grid)
-    if not specs: raise ValueError("the grid is empty")
-    names = [s.name for s in specs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup: raise ValueError(f"runs with the same name (and folder): {dup}")
-    root = Path(root).expanduser().resolve()
-    train_nb, eval_nb = find_notebook(train_nb, TRAIN_NB), find_notebook(eval_nb, EVAL_NB)
-    extra, ev = dict(extra_params or {}), _abs_data_root(dict(eval_params or {}))
-    if set(extra) & set(RESERVED): raise ValueError(f"extra_params may not set {sorted(set(extra) & set(RESERVED))}: the sweep sets them per run")
-    if "run_dir" in ev: raise ValueError("eval_params may not set run_dir: the sweep sets it per run")
-    params = {s.name: _abs_data_root({**s.train_params(root / s.name), **extra, **({"overwrite": True} if force else {})})
-              for s in specs}
-    check_parameters(train_nb, {k for p in params.values() for k in p})
-    check_parameters(eval_nb, set(ev) | {"run_dir"})
-    split, which = ev.get("split", "test"), ev.get("which", "best")
-    rows = []
-    for s in specs:
-        plan, why = plan_run(root / s.name, params[s.name], split, which, force)
-        rows.append(dict(name=s.name, dataset=s.dataset, method=s.method, variant=s.variant, seed=s.seed, plan=plan,
-                         status="dry-run" if dry_run else "pending", stage=None, error=why, notebook=None,
-                         seconds=0.0, run_dir=str(root / s.name)))
-    if dry_run: return pd.DataFrame(rows, columns=STATUS_COLUMNS)
-    meta = dict(root=str(root), train_nb=str(train_nb), eval_nb=str(eval_nb), extra_params=extra, eval_params=ev,
-                force=force, started=time.strftime("%Y-%m-%d %H:%M:%S"))
-    _write_status(root, rows, meta)
-    bar = tqdm(list(zip(specs, rows)), desc="sweep", disable=not progress, dynamic_ncols=True)
-    for s, row in bar:
-        bar.set_postfix_str(f"{s.name} ({row['plan']})")
-        if row["plan"] in ("skip", "conflict"):
-            row["status"] = "skipped" if row["plan"] == "skip" else "conflict"
-            continue
-        run, t0, stage = root / s.name, time.time(), None
-        try:
-            if row["plan"] != "evaluate":
-                stage, row["notebook"] = "train", str(run / "train.ipynb")
-                execute_notebook(train_nb, run / "train.ipynb", params[s.name], train_nb.parent, kernel_name)
-                if train_status(run) != "finished":
-                    raise RuntimeError(f"the training notebook ran to its end but {run / 'summary.json'} does not say 'finished'")
-            stage, row["notebook"] = "evaluate", str(run / "evaluate.ipynb")
-            set_aside_incomplete_eval(run, split, which)
-            execute_notebook(eval_nb, run / "evaluate.ipynb", {**ev, "run_dir": str(run)}, eval_nb.parent, kernel_name)
-            if eval_summary(run, split, which) is None:
-                raise RuntimeError(f"the evaluation notebook ran to its end but wrote no eval-{split}-{which}/summary.json in {run}")
-            row.update(status="done", stage=None)
-        except KeyboardInterrupt:
-            row.update(status="interrupted", stage=stage, seconds=round(time.time() - t0, 1))
-            _write_status(root, rows, meta)
-            raise
-        except Exception as e:
-            row.update(status="failed", stage=stage, error=error_message(e))
-        row["seconds"] = round(time.time() - t0, 1)
-        _write_status(root, rows, meta)
-    bar.close()
-    _write_status(root, rows, dict(meta, finished=time.strftime("%Y-%m-%d %H:%M:%S")))
-    table = pd.DataFrame(rows, columns=STATUS_COLUMNS)
-    bad = table[table.status.isin(["failed", "conflict"])]
-    if progress:
-        print(f"sweep of {len(table)} runs in {root}: " + ", ".join(f"{n} {k}" for k, n in table.status.value_counts().items())
-              + f"; status in {root / STATUS_CSV}")
-    if len(bad) and raise_on_failure:
-        lines = [f"  {r.name}: {r.status}" + (f" in {r.stage}" if r.stage else "") + f": {r.error}"
-                 + (f"\n    executed notebook: {r.notebook}" if r.notebook else "") for r in bad.itertuples()]
-        raise SweepFailed(f"{len(bad)} of {len(table)} runs failed (the others ran; re-run the sweep to retry them; "
-                          f"status in {root / STATUS_CSV}):\n" + "\n".join(lines), table)
-    return table
-
-# %% ../nbs/08_experiments.ipynb #d5f945bd
+# %% ../nbs/08_experiments.ipynb #8d83aa9c
 METRICS = ("dice", "iou", "hd95")
 METRIC_NAMES = {"dice": "DSC (%)", "iou": "IoU (%)", "hd95": "HD95"}
 COLLECT_COLUMNS = ["name", "dataset", "method", "variant", "seed", "trainable_params", "total_params", "dice", "iou",
@@ -360,6 +141,7 @@ COLLECT_COLUMNS = ["name", "dataset", "method", "variant", "seed", "trainable_pa
 def _key_or_raw(name):
     try: return dataset_key(name)
     except (ValueError, TypeError): return name
+
 
 def collect(root: str | os.PathLike = "runs/sweep", split: str = "test", which: str = "best") -> pd.DataFrame:
     "One row per finished and evaluated run folder under `root`: coordinates, parameters, test means, best val Dice."
@@ -383,6 +165,7 @@ def collect(root: str | os.PathLike = "runs/sweep", split: str = "test", which: 
     out["variant"] = out["variant"].astype(object).where(out["variant"].notna(), None)
     return out
 
+# %% ../nbs/08_experiments.ipynb #34b4358f
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     "Mean and std (ddof=1) over seeds of each metric per (dataset, method, variant), with the seeds and parameters."
     cols = ["dataset", "method", "variant", "n_seeds", "seeds", "trainable_params",
@@ -397,65 +180,9 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     out["variant"] = pd.Series([v or None for v in out["variant"]], index=out.index, dtype=object)
     return out[cols]
 
-# %% ../nbs/08_experiments.ipynb #270da509
-PAPER_PARAMS = {"CLIPSeg_E2E": "150M", "CRIS_E2E": "147M", "SAN": "8.4M", "CLIPSeg_SA": "4.2M", "CLIPSeg_DA": "3M"}
-"Trainable parameters as labelled in the paper's Table 1."
+# %% ../nbs/08_experiments.ipynb #5975142a
 _PAPER_METRIC = {"dice": "DSC", "iou": "IoU", "hd95": "HD95"}
-# (method, variant) -> (paper table, column, our row label)
-TABLE1_ROWS = {("decoder", None): (1, "CLIPSeg_E2E", "decoder (paper: CLIPSeg E2E †)"),
-               ("e2e", None): (1, "CLIPSeg_E2E", "e2e, all parameters (paper: CLIPSeg E2E †)"),
-               ("shallow", "vl"): (1, "CLIPSeg_SA", "CLIPSeg SA = shallow VL"),
-               ("dense", "vl"): (1, "CLIPSeg_DA", "CLIPSeg DA = dense VL")}
-TABLE2_ROWS = {(m, v): (2, f"{v.upper()}_{m}", f"{v.upper()} {m}") for v in VARIANTS for m in ("shallow", "dense")}
-TABLE1_NOTES = [f"† {E2E_NOTE}",
-                "Table 1's SA/DA columns are the VL variants (equal to Table 2's VL columns). Its SA label '4.2M' is the "
-                "count of shallow VLC (4,201,984); shallow VL has 3,939,072.",
-                f"Paper: {PAPER_CITATION}. Ours: mean ± std (ddof=1) over seeds of the test-set means; "
-                "in parentheses the paper's number and ours − paper. The paper gives no std. HD95 in pixels "
-                "(our empty-mask rule: 04_metrics; the paper's is unknown)."]
-TABLE2_NOTES = [f"Paper: {PAPER_CITATION}, supplementary Table 2. Ours: mean ± std (ddof=1) over seeds of the "
-                "test-set means; in parentheses the paper's number and ours − paper."]
-
-def paper_value(table: int, dataset: str, column: str, metric: str) -> float:
-    "The paper's number (Table `table`, `column`) for our `dataset` name and metric dice|iou|hd95; NaN if none."
-    name = PAPER_NAMES.get(_key_or_raw(dataset))
-    if name is None: return math.nan
-    t = paper_table(table)
-    r = t[(t.dataset == name) & (t.metric == _PAPER_METRIC[metric])]
-    return float(r[column].iloc[0]) if len(r) else math.nan
-
-def _dataset_order(d: str) -> tuple:
-    return (PAPER_DATASETS.index(d) if d in PAPER_DATASETS else len(PAPER_DATASETS), str(d))
-
-def _beside_paper(df: pd.DataFrame, configs: dict) -> pd.DataFrame:
-    agg, rows = aggregate(df), []
-    for _, r in agg.iterrows():
-        key = (r.method, r.variant if r.method in ADAPTER_METHODS else None)
-        if key not in configs: continue
-        n, col, label = configs[key]
-        row = dict(dataset=PAPER_NAMES.get(r.dataset, r.dataset), row=label, method=r.method, variant=key[1],
-                   paper_column=f"Table {n}: {col}", n_seeds=r.n_seeds, seeds=r.seeds, trainable_params=r.trainable_params)
-        for m in METRICS:
-            p = paper_value(n, r.dataset, col, m)
-            row.update({m: r[m], f"{m}_std": r[f"{m}_std"], f"{m}_paper": p, f"{m}_diff": r[m] - p})
-        rows.append(((_dataset_order(r.dataset), list(configs).index(key)), row))
-    cols = ["dataset", "row", "method", "variant", "paper_column", "n_seeds", "seeds", "trainable_params",
-            *[c for m in METRICS for c in (m, f"{m}_std", f"{m}_paper", f"{m}_diff")]]
-    return pd.DataFrame([r for _, r in sorted(rows, key=lambda x: x[0])], columns=cols)
-
-def table1(df: pd.DataFrame) -> pd.DataFrame:
-    "Our decoder, e2e, shallow VL and dense VL runs beside the paper's Table 1 (tidy; footnotes in `.attrs['notes']`)."
-    t = _beside_paper(df, TABLE1_ROWS)
-    t.insert(t.columns.get_loc("trainable_params") + 1, "paper_params",
-             t["paper_column"].map(lambda c: PAPER_PARAMS.get(c.split(": ")[-1])) if len(t) else [])
-    t.attrs.update(title="Table 1: methods across datasets", notes=list(TABLE1_NOTES))
-    return t
-
-def table2(df: pd.DataFrame) -> pd.DataFrame:
-    "Our V/VL/VLC × shallow/dense runs beside the paper's Table 2 (tidy; footnotes in `.attrs['notes']`)."
-    t = _beside_paper(df, TABLE2_ROWS)
-    t.attrs.update(title="Table 2: adapter variants across datasets", notes=list(TABLE2_NOTES))
-    return t
+_COLORS = {"shallow": "#4C72B0", "dense": "#DD8452"}
 
 def _fin(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
@@ -471,208 +198,6 @@ def format_cell(mean, std=None, paper=None, digits: int = 2) -> str:
     else: s = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if _fin(std) else "")
     if _fin(paper): s += f" ({paper:.{digits}f}" + (f"; {mean - paper:+.{digits}f})" if _fin(mean) else ")")
     return s
-
-def wide(t: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    "The paper's layout of a `table1`/`table2` result: rows (dataset, metric), one column per configuration."
-    labels = list(dict.fromkeys(t["row"]))
-    by = {(r.dataset, r.row): r for r in t.itertuples()}
-    idx, data = [("", "trainable params")], []
-    prow = []
-    for lab in labels:
-        r = next(x for x in t.itertuples() if x.row == lab)
-        pp = getattr(r, "paper_params", None)
-        prow.append(_params_label(r.trainable_params) + (f" (paper {pp})" if isinstance(pp, str) else ""))
-    data.append(prow)
-    for ds in dict.fromkeys(t["dataset"]):
-        for m in METRICS:
-            idx.append((ds, METRIC_NAMES[m]))
-            data.append([format_cell(getattr(by[ds, lab], m), getattr(by[ds, lab], f"{m}_std"),
-                                     getattr(by[ds, lab], f"{m}_paper"), digits) if (ds, lab) in by else "–" for lab in labels])
-    return pd.DataFrame(data, index=pd.MultiIndex.from_tuples(idx, names=["dataset", "metric"]), columns=labels)
-
-# %% ../nbs/08_experiments.ipynb #c0aa43db
-def to_markdown(df: pd.DataFrame, index: bool = True, floatfmt: str = ".2f") -> str:
-    "A GitHub-flavoured Markdown table of `df` (index levels as leading columns when `index`)."
-    d = df.reset_index() if index else df
-    def cell(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)): return ""
-        if isinstance(v, (float, np.floating)): v = format(float(v), floatfmt)
-        return str(v).replace("|", "\\|").replace("\n", " ")
-    heads = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in d.columns]
-    num = [pd.api.types.is_numeric_dtype(d[c]) for c in d.columns]
-    lines = ["| " + " | ".join(cell(h) for h in heads) + " |",
-             "|" + "|".join("---:" if n else "---" for n in num) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in d.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-# %% ../nbs/08_experiments.ipynb #e3057045
-_COLORS = {"shallow": "#4C72B0", "dense": "#DD8452"}
-
-def figure2(df: pd.DataFrame | None = None, metric: str = "dice", paper: bool = True,
-            datasets: Iterable[str] | None = None, ncols: int = 4, width: float = 3.3):
-    "Bars of `metric` per adapter variant (V, VL, VLC) and dataset, shallow vs dense: ours beside the paper's Table 2."
-    import matplotlib.pyplot as plt
-    metric = check_choice("metric", metric, METRICS)
-    agg = aggregate(df) if df is not None and len(df) else None
-    if agg is not None: agg = agg[agg.method.isin(ADAPTER_METHODS)]
-    paper_only = agg is None or agg.empty
-    if datasets is None:
-        datasets = list(PAPER_DATASETS) if paper_only else sorted(dict.fromkeys(agg.dataset), key=_dataset_order)
-    datasets = [_key_or_raw(d) for d in datasets]
-    n = len(datasets)
-    if n == 0: raise ValueError("nothing to draw: no adapter runs and no datasets given")
-    ncols = min(ncols, n); nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(width * ncols, 6.5), 2.7 * nrows + 0.6), squeeze=False)
-    has_paper = paper and any(not math.isnan(paper_value(2, d, "V_dense", metric)) for d in datasets)
-    shown = list(VARIANTS) if paper_only or has_paper else [v for v in VARIANTS if v in set(agg.variant)]
-    x = np.arange(len(shown))
-    for ax, ds in zip(axes.flat, datasets):
-        series = []
-        for m in ("shallow", "dense"):
-            if not paper_only:
-                a = agg[(agg.dataset == ds) & (agg.method == m)].set_index("variant")
-                if len(a):
-                    err = [a[f"{metric}_std"].get(v, np.nan) for v in shown]
-                    series.append((f"ours {m}", [a[metric].get(v, np.nan) for v in shown],
-                                   None if all(math.isnan(e) for e in err) else err, m, False))
-            if paper:
-                pv = [paper_value(2, ds, f"{v.upper()}_{m}", metric) for v in shown]
-                if not all(math.isnan(v) for v in pv): series.append((f"paper {m}", pv, None, m, True))
-        w = 0.8 / max(len(series), 1)
-        vals = []
-        for i, (lab, h, err, m, is_paper) in enumerate(series):
-            pos = x - 0.4 + w * (i + 0.5)
-            ax.bar(pos, h, w, yerr=None if err is None else np.nan_to_num(err), label=lab, color=_COLORS[m],
-                   alpha=0.45 if is_paper else 0.95, hatch="//" if is_paper else None, edgecolor=_COLORS[m], capsize=2)
-            vals += [v for v in h if not math.isnan(v)]
-        if vals and metric != "hd95":
-            lo = min(vals)
-            ax.set_ylim(max(0.0, 10 * math.floor((lo - 5) / 10)) if paper_only else 0.0, min(100.0, max(vals) + 5))
-        ax.set_xticks(x, [v.upper() for v in shown])
-        ax.set_title(PAPER_NAMES.get(ds, ds), fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in axes[:, 0]: ax.set_ylabel(METRIC_NAMES[metric])
-    for ax in list(axes.flat)[n:]: ax.axis("off")
-    handles = {}
-    for ax in axes.flat:
-        for h, l in zip(*ax.get_legend_handles_labels()): handles.setdefault(l, h)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
-    fig.suptitle(f"The paper's Figure 2: test {METRIC_NAMES[metric]} of the adapter variants (its Table 2 numbers, "
-                 "not our results; y axes start above 0)" if paper_only else
-                 f"Test {METRIC_NAMES[metric]} per adapter variant: ours (mean ± std over seeds)"
-                 + (" beside the paper's (hatched)" if has_paper else "; the paper has no such dataset"), fontsize=11)
-    fig.tight_layout(rect=(0, 0.07 if nrows == 1 else 0.04, 1, 1))
-    return fig
-
-# %% ../nbs/08_experiments.ipynb #5a15eaf0
-def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, digits: int = 2) -> dict[str, Path]:
-    "Write runs.csv, table1/table2 .csv (tidy) and .md (paper layout + notes), and figure2.png; return the paths."
-    import matplotlib.pyplot as plt
-    out, files = Path(out_dir), {}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "runs.csv", df.to_csv(index=False)); files["runs"] = out / "runs.csv"
-    for name, t in (("table1", table1(df)), ("table2", table2(df))):
-        if t.empty: continue
-        atomic_write_text(out / f"{name}.csv", t.to_csv(index=False)); files[name] = out / f"{name}.csv"
-        md = f"## {t.attrs['title']}\n\n" + to_markdown(wide(t, digits)) + "\n" + "\n\n".join(t.attrs["notes"]) + "\n"
-        atomic_write_text(out / f"{name}.md", md); files[f"{name}_md"] = out / f"{name}.md"
-    if (df.method.isin(ADAPTER_METHODS)).any():
-        fig = figure2(df)
-        with atomic_path(out / "figure2.png") as tmp: fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig); files["figure2"] = out / "figure2.png"
-    return files
-
-# %% ../nbs/08_experiments.ipynb #090985a5
-def _kv(s: str) -> tuple[str, object]:
-    if "=" not in s: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    k, v = s.split("=", 1)
-    try: v = ast.literal_eval(v)
-    except (ValueError, SyntaxError): pass            # a plain string
-    return k.strip(), v
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vlsm_adapter.experiments",
-                                description="Train and evaluate a grid of runs with papermill (05_train + 06_evaluate), "
-                                            "skipping finished ones, then write the paper's tables beside ours.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=list(PAPER_DATASETS))
-    p.add_argument("--methods", nargs="+", default=list(PAPER_METHODS))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    p.add_argument("--seeds", nargs="+", type=int, default=list(PAPER_SEEDS))
-    p.add_argument("--root", default="runs/sweep")
-    p.add_argument("--data-root", default=None, help="MedVLSM data root (default: $VLSM_DATA, else data/)")
-    p.add_argument("--set", dest="extra", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="a training-notebook parameter for every run (repeatable)")
-    p.add_argument("--eval-set", dest="eval_extra", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="an evaluation-notebook parameter (repeatable)")
-    p.add_argument("--train-nb", default=None); p.add_argument("--eval-nb", default=None)
-    p.add_argument("--kernel-name", default="python3")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their plan; run nothing")
-    p.add_argument("--force", action="store_true", help="re-train and re-evaluate every run")
-    p.add_argument("--tables-only", action="store_true", help="only collect the results under --root and write the tables")
-    p.add_argument("--estimate", action="store_true", help="print the cost estimate of the grid and exit")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    return p
-
-def main(argv: list[str] | None = None) -> int:
-    "Command-line entry point; returns the exit status."
-    a = build_parser().parse_args(argv)
-    root = Path(a.root)
-    if a.tables_only:
-        df = collect(root)
-        if df.empty: print(f"no finished and evaluated runs under {root}"); return 1
-        for k, f in write_tables(df, root / "tables").items(): print(f"wrote {f}")
-        return 0
-    fixed = dict(a.extra)
-    if a.data_root is not None: fixed["data_root"] = a.data_root
-    try: grid = Grid(a.datasets, a.methods, a.variants, a.seeds, **fixed)
-    except ValueError as e: build_parser().error(str(e))
-    if a.estimate:
-        est = estimate_cost(grid)
-        print(est.groupby("method")[["gpu_hours"]].sum().round(1).to_string())
-        print(f"{grid}: about {est.gpu_hours.sum():.0f} GPU-hours ({est.attrs['assumptions']})")
-        return 0
-    try:
-        t = run_sweep(grid, root, a.train_nb, a.eval_nb, eval_params=dict(a.eval_extra), kernel_name=a.kernel_name,
-                      dry_run=a.dry_run, progress=a.progress, raise_on_failure=False, force=a.force)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr); return 2
-    if a.dry_run:
-        print(t[["name", "plan", "error"]].fillna("").to_string(index=False))
-        print(f"{len(t)} runs: " + ", ".join(f"{n} {k}" for k, n in t.plan.value_counts().items()))
-        return 0
-    df = collect(root)
-    if len(df):
-        for k, f in write_tables(df, root / "tables").items(): print(f"wrote {f}")
-    bad = t[t.status.isin(["failed", "conflict"])]
-    for r in bad.itertuples(): print(f"FAILED {r.name} ({r.stage or r.status}): {r.error}\n  {r.notebook or ''}", file=sys.stderr)
-    return 1 if len(bad) else 0
-
-# %% ../nbs/08_experiments.ipynb #6246d783
-SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
-    "kvasir": (800, 100, 100), "bkai": (800, 100, 100), "clinicdb": (490, 61, 61), "isic16": (810, 90, 379),
-    "dfu": (1600, 200, 200), "camus": (4800, 600, 600), "busi": (624, 78, 78), "chexlocalize": (1279, 446, 452)}
-"Records per split (train, val, test) of the MedVLSM annotation files; CAMUS train inferred (its file is not shared)."
-ASSUMED_IMG_PER_S = {"dense": 150.0, "e2e": 120.0, "shallow": 400.0, "decoder": 600.0}
-"Assumed training images/s at 352×352, batch 32, fp16 on one RTX 3090/A100-class GPU (replace with measured ones)."
-
-def estimate_cost(grid: Grid | Iterable[RunSpec], img_per_s: dict | None = None, epochs: int = 60,
-                  val_cost: float = 1 / 3, overhead_s: float = 60.0) -> pd.DataFrame:
-    "Estimated GPU-hours per run: epochs × (train + val_cost × val images)/throughput + test pass + overhead."
-    ips = {**ASSUMED_IMG_PER_S, **(img_per_s or {})}
-    rows = []
-    for s in grid:
-        if is_generated(s.dataset):
-            n = int(s.params.get("synthetic_n") or 256); sizes = (n, max(n // 4, 1), max(n // 4, 1))
-        else: sizes = SPLIT_SIZES[dataset_key(s.dataset)]
-        ep = min(int(s.params["max_epochs"]), epochs) if s.params.get("max_epochs") else epochs   # early stopping decides below the bound
-        sec = ep * (sizes[0] + val_cost * sizes[1]) / ips[s.method] + val_cost * sizes[2] / ips[s.method] + overhead_s
-        rows.append(dict(name=s.name, dataset=s.dataset, method=s.method, variant=s.variant, seed=s.seed, epochs=ep,
-                         train_images=sizes[0], img_per_s=ips[s.method], gpu_hours=sec / 3600))
-    t = pd.DataFrame(rows)
-    t.attrs["assumptions"] = (f"assumed throughputs {ips} img/s, {epochs} epochs per run, validation at {val_cost:.2g} "
-                              f"of a training step's cost, {overhead_s:g} s start-up per run")
-    return t
 
 # %% ../nbs/08_experiments.ipynb #38ae84cb
 MINI_DATASET = "synthetic-us"
@@ -753,6 +278,541 @@ def miniature_figure(t: pd.DataFrame, metric: str = "dice"):
     ax[1].set_xscale("log"); ax[1].set_xlabel("trainable parameters"); ax[1].set_title("what each parameter buys"); ax[1].grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/08_experiments.ipynb #9e37dca7
+TRAIN_NB, EVAL_NB = "05_train.ipynb", "06_evaluate.ipynb"
+STATUS_JSON, STATUS_CSV = "sweep.json", "sweep.csv"
+IGNORED_DIFFS = ("out_dir", "overwrite", "num_workers", "cache_features", "progress")
+"Training parameters that may differ between a stored run and the sweep without changing its results."
+TEST_ENV = ("IN_TEST", "PYTEST_CURRENT_TEST")
+"Environment variables that make the notebooks shrink their work (`in_test()`): hidden from a sweep's kernels."
+
+def settings_conflict(run_dir: str | os.PathLike, params: dict) -> str | None:
+    "How the training settings stored in `run_dir/config.json` differ from `params` (None: they agree, or no config)."
+    f = Path(run_dir) / "config.json"
+    if not f.is_file(): return None
+    try: stored = json.loads(f.read_text()).get("train_config") or {}
+    except (json.JSONDecodeError, AttributeError): return f"{f} is not readable JSON"
+    resumable = train_status(run_dir) != "finished"
+    diffs = []
+    for k, v in params.items():
+        if v is None or k in IGNORED_DIFFS or k not in stored or (resumable and k in RESUMABLE_CHANGES): continue
+        old = stored[k]
+        if k == "data_root": same = old is not None and Path(old).resolve() == Path(v).resolve()
+        elif isinstance(v, (int, float)) and isinstance(old, (int, float)): same = float(old) == float(v)
+        else: same = old == v
+        if not same: diffs.append(f"{k}: stored {old!r}, sweep {v!r}")
+    return "; ".join(diffs) or None
+
+# %% ../nbs/08_experiments.ipynb #f4fa8838
+def plan_run(run_dir: str | os.PathLike, params: dict, split: str = "test", which: str = "best",
+             force: bool = False) -> tuple[str, str | None]:
+    "What a sweep does with `run_dir`: (plan, reason) with plan in skip | evaluate | train+evaluate | resume+evaluate | conflict."
+    if force: return "train+evaluate", None
+    state = train_status(run_dir)
+    if state != "absent":
+        why = settings_conflict(run_dir, params)
+        if why: return "conflict", f"{run_dir} holds a run with other settings ({why}); use another root, or force=True to replace it"
+    if state == "finished": return ("skip" if eval_summary(run_dir, split, which) else "evaluate"), None
+    return ("resume+evaluate" if state == "unfinished" else "train+evaluate"), None
+
+# %% ../nbs/08_experiments.ipynb #e3ee64be
+class SweepFailed(RuntimeError):
+    "Raised at the end of a sweep in which runs failed; `.table` is the sweep's status table."
+    def __init__(self, msg: str, table: pd.DataFrame):
+        super().__init__(msg); self.table = table
+
+def find_notebook(path: str | os.PathLike | None, default: str) -> Path:
+    "`path` (checked), else `nbs/<default>` of the repository holding this package or the working directory."
+    if path is not None:
+        p = Path(path).expanduser().resolve()
+        if not p.is_file(): raise FileNotFoundError(f"notebook {str(path)!r} not found (resolved: {p})")
+        return p
+    here = Path(globals().get("__file__", Path.cwd() / "x")).resolve().parent
+    starts = [Path.cwd().resolve(), here]
+    for d in [s for st in starts for s in (st, *st.parents)]:
+        for c in (d / "nbs" / default, d / default):
+            if c.is_file(): return c
+    raise FileNotFoundError(f"{default} not found in nbs/ of this repository or the working directory; pass its path "
+                            "(the notebooks live in the repository's nbs/ folder: a pip-installed package does not ship them)")
+
+# %% ../nbs/08_experiments.ipynb #928d12d7
+def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
+    "Names in the papermill `parameters` cell of `notebook`."
+    import papermill as pm
+    return list(pm.inspect_notebook(str(notebook)))
+
+def check_parameters(notebook: Path, names: Iterable[str]):
+    "Raise when `names` holds a parameter `notebook` does not declare (papermill would inject it and nothing would read it)."
+    known = notebook_parameters(notebook)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"{notebook.name} has no parameter(s) {unknown}: papermill would inject them and the notebook "
+                         f"would ignore them. Its parameters: {', '.join(known)}")
+
+# %% ../nbs/08_experiments.ipynb #4c77082a
+@contextlib.contextmanager
+def as_real_run():
+    "Hide the test markers (`TEST_ENV`) from kernels started inside the block."
+    saved = {k: os.environ.pop(k) for k in TEST_ENV if k in os.environ}
+    try: yield
+    finally: os.environ.update(saved)
+
+@contextlib.contextmanager
+def stderr_to(path: str | os.PathLike):
+    "Point file descriptor 2 at `path` (appending) inside the block: what started processes write there lands in the file."
+    try: sys.stderr.flush()
+    except Exception: pass
+    try: saved = os.dup(2)
+    except OSError: yield; return                      # no fd 2 to redirect
+    try:
+        with open(path, "ab") as f: os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2); os.close(saved)
+
+# %% ../nbs/08_experiments.ipynb #2f2a099d
+def _keep_attempt(path: Path):
+    k = 1
+    while (old := path.with_name(f"{path.stem}.attempt{k}{path.suffix}")).exists(): k += 1
+    path.rename(old)
+
+def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict,
+                     cwd: str | os.PathLike, kernel_name: str = "python3"):
+    """Execute `notebook` with papermill into `output` (the record), in `cwd`, as a real run; an older `output` is kept
+    as `<stem>.attempt<k>.ipynb`. The kernel process's own stderr (not its cells' output) goes to `<stem>.kernel.log`."""
+    import papermill as pm
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists(): _keep_attempt(output)
+    with as_real_run(), stderr_to(output.with_suffix(".kernel.log")):
+        pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
+                            progress_bar=False, log_output=False, request_save_on_cell_execute=True)
+
+# %% ../nbs/08_experiments.ipynb #a8075fc9
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+def error_message(e: BaseException) -> str:
+    "One readable line for an exception (papermill's: the notebook's exception type and message, and the cell)."
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    msg = f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
+    if getattr(e, "exec_count", None) is not None: msg += f" (cell [{e.exec_count}])"
+    return _ANSI.sub("", msg).strip()
+
+def set_aside_incomplete_eval(run_dir: str | os.PathLike, split: str = "test", which: str = "best") -> list[Path]:
+    """Rename evaluation folders of `run_dir` that hold no valid summary (an evaluation killed midway) to
+    `<name>.incomplete<k>`: `evaluate_run` refuses to write into a folder with masks but no summary."""
+    run, moved = Path(run_dir), []
+    for name in [f"eval-{split}-{which}"] + ([f"eval-{split}-last"] if which == "best" else []):
+        d = run / name
+        if not d.is_dir(): continue
+        try: ok = json.loads((d / "summary.json").read_text()).get("kind") == EVAL_KIND
+        except (OSError, json.JSONDecodeError, AttributeError): ok = False
+        if ok: continue
+        k = 1
+        while (dest := run / f"{name}.incomplete{k}").exists(): k += 1
+        d.rename(dest); moved.append(dest)
+    return moved
+
+# %% ../nbs/08_experiments.ipynb #a5be048f
+def _abs_data_root(params: dict) -> dict:
+    if params.get("data_root") is not None: params = dict(params, data_root=str(Path(params["data_root"]).expanduser().resolve()))
+    return params
+
+def _write_status(root: Path, rows: list[dict], meta: dict):
+    t = pd.DataFrame(rows)
+    counts = t.status.value_counts().to_dict()
+    atomic_write_text(root / STATUS_JSON, json.dumps(dict(meta, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                          counts=counts, runs=rows), indent=2, default=str))
+    atomic_write_text(root / STATUS_CSV, t.to_csv(index=False))
+
+STATUS_COLUMNS = ["name", "dataset", "method", "variant", "seed", "plan", "status", "stage", "error", "notebook",
+                  "seconds", "run_dir"]
+
+# %% ../nbs/08_experiments.ipynb #f0fc97c4
+def _sweep_setup(specs: list, root, train_nb, eval_nb, extra_params, eval_params, force: bool) -> tuple:
+    "Check a sweep's runs and parameters before anything runs: (root, train_nb, eval_nb, extra, ev, params per run)."
+    if not specs: raise ValueError("the grid is empty")
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup: raise ValueError(f"runs with the same name (and folder): {dup}")
+    root = Path(root).expanduser().resolve()
+    train_nb, eval_nb = find_notebook(train_nb, TRAIN_NB), find_notebook(eval_nb, EVAL_NB)
+    extra, ev = dict(extra_params or {}), _abs_data_root(dict(eval_params or {}))
+    if set(extra) & set(RESERVED): raise ValueError(f"extra_params may not set {sorted(set(extra) & set(RESERVED))}: the sweep sets them per run")
+    if "run_dir" in ev: raise ValueError("eval_params may not set run_dir: the sweep sets it per run")
+    params = {s.name: _abs_data_root({**s.train_params(root / s.name), **extra, **({"overwrite": True} if force else {})})
+              for s in specs}
+    check_parameters(train_nb, {k for p in params.values() for k in p})
+    check_parameters(eval_nb, set(ev) | {"run_dir"})
+    return root, train_nb, eval_nb, extra, ev, params
+
+def _plan_rows(specs: list, root: Path, params: dict, split: str, which: str, force: bool, dry_run: bool) -> list[dict]:
+    "One status row per run, holding its plan (`plan_run`) and, for a conflict, the reason."
+    rows = []
+    for s in specs:
+        plan, why = plan_run(root / s.name, params[s.name], split, which, force)
+        rows.append(dict(name=s.name, dataset=s.dataset, method=s.method, variant=s.variant, seed=s.seed, plan=plan,
+                         status="dry-run" if dry_run else "pending", stage=None, error=why, notebook=None,
+                         seconds=0.0, run_dir=str(root / s.name)))
+    return rows
+
+# %% ../nbs/08_experiments.ipynb #a427b585
+def _train_and_evaluate(row: dict, run: Path, params: dict, ev: dict, train_nb: Path, eval_nb: Path,
+                        split: str, which: str, kernel_name: str):
+    "Run one run's notebooks as its `plan` says, recording the stage and executed notebook in `row` as it goes."
+    if row["plan"] != "evaluate":
+        row.update(stage="train", notebook=str(run / "train.ipynb"))
+        execute_notebook(train_nb, run / "train.ipynb", params, train_nb.parent, kernel_name)
+        if train_status(run) != "finished":
+            raise RuntimeError(f"the training notebook ran to its end but {run / 'summary.json'} does not say 'finished'")
+    row.update(stage="evaluate", notebook=str(run / "evaluate.ipynb"))
+    set_aside_incomplete_eval(run, split, which)
+    execute_notebook(eval_nb, run / "evaluate.ipynb", {**ev, "run_dir": str(run)}, eval_nb.parent, kernel_name)
+    if eval_summary(run, split, which) is None:
+        raise RuntimeError(f"the evaluation notebook ran to its end but wrote no eval-{split}-{which}/summary.json in {run}")
+
+# %% ../nbs/08_experiments.ipynb #dece1f20
+def _run_one(row: dict, root: Path, rows: list[dict], meta: dict, params: dict, ev: dict, train_nb: Path, eval_nb: Path,
+             split: str, which: str, kernel_name: str):
+    "Train and evaluate one run, recording done or failed in `row` (an interrupt is recorded, then raised); rewrite the status."
+    run, t0 = root / row["name"], time.time()
+    try:
+        _train_and_evaluate(row, run, params, ev, train_nb, eval_nb, split, which, kernel_name)
+        row.update(status="done", stage=None)
+    except KeyboardInterrupt:
+        row.update(status="interrupted", seconds=round(time.time() - t0, 1))
+        _write_status(root, rows, meta)
+        raise
+    except Exception as e:
+        row.update(status="failed", error=error_message(e))
+    row["seconds"] = round(time.time() - t0, 1)
+    _write_status(root, rows, meta)
+
+# %% ../nbs/08_experiments.ipynb #8dc58d58
+def _sweep_result(table: pd.DataFrame, root: Path, progress: bool, raise_on_failure: bool) -> pd.DataFrame:
+    "Print the counts and raise `SweepFailed` listing every failed or conflicting run (when `raise_on_failure`)."
+    bad = table[table.status.isin(["failed", "conflict"])]
+    if progress:
+        print(f"sweep of {len(table)} runs in {root}: " + ", ".join(f"{n} {k}" for k, n in table.status.value_counts().items())
+              + f"; status in {root / STATUS_CSV}")
+    if len(bad) and raise_on_failure:
+        lines = [f"  {r.name}: {r.status}" + (f" in {r.stage}" if r.stage else "") + f": {r.error}"
+                 + (f"\n    executed notebook: {r.notebook}" if r.notebook else "") for r in bad.itertuples()]
+        raise SweepFailed(f"{len(bad)} of {len(table)} runs failed (the others ran; re-run the sweep to retry them; "
+                          f"status in {root / STATUS_CSV}):\n" + "\n".join(lines), table)
+    return table
+
+# %% ../nbs/08_experiments.ipynb #1f078db0
+def run_sweep(grid: Grid | Iterable[RunSpec],            # the runs
+              root: str | os.PathLike = "runs/sweep",     # one folder per run below it, and sweep.json/sweep.csv
+              train_nb: str | os.PathLike | None = None,  # default: nbs/05_train.ipynb of this repository
+              eval_nb: str | os.PathLike | None = None,   # default: nbs/06_evaluate.ipynb
+              extra_params: dict | None = None,           # training parameters for every run (override the grid's)
+              eval_params: dict | None = None,            # evaluation parameters (split, which, batch_size, ...)
+              kernel_name: str = "python3",
+              dry_run: bool = False,                      # only list the plan
+              progress: bool = True,
+              raise_on_failure: bool = True,              # raise SweepFailed at the end if any run failed
+              force: bool = False,                        # re-train (overwrite=True) and re-evaluate every run
+              ) -> pd.DataFrame:
+    "Train and evaluate every run of `grid` with papermill, skipping finished ones; return (and write) the status table."
+    specs = list(grid)
+    root, train_nb, eval_nb, extra, ev, params = _sweep_setup(specs, root, train_nb, eval_nb, extra_params, eval_params, force)
+    split, which = ev.get("split", "test"), ev.get("which", "best")
+    rows = _plan_rows(specs, root, params, split, which, force, dry_run)
+    if dry_run: return pd.DataFrame(rows, columns=STATUS_COLUMNS)
+    meta = dict(root=str(root), train_nb=str(train_nb), eval_nb=str(eval_nb), extra_params=extra, eval_params=ev,
+                force=force, started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    _write_status(root, rows, meta)
+    bar = tqdm(list(zip(specs, rows)), desc="sweep", disable=not progress, dynamic_ncols=True)
+    for s, row in bar:
+        bar.set_postfix_str(f"{s.name} ({row['plan']})")
+        if row["plan"] in ("skip", "conflict"):
+            row["status"] = "skipped" if row["plan"] == "skip" else "conflict"
+            continue
+        _run_one(row, root, rows, meta, params[s.name], ev, train_nb, eval_nb, split, which, kernel_name)
+    bar.close()
+    _write_status(root, rows, dict(meta, finished=time.strftime("%Y-%m-%d %H:%M:%S")))
+    return _sweep_result(pd.DataFrame(rows, columns=STATUS_COLUMNS), root, progress, raise_on_failure)
+
+# %% ../nbs/08_experiments.ipynb #c4b0dc04
+PAPER_PARAMS = {"CLIPSeg_E2E": "150M", "CRIS_E2E": "147M", "SAN": "8.4M", "CLIPSeg_SA": "4.2M", "CLIPSeg_DA": "3M"}
+"Trainable parameters as labelled in the paper's Table 1."
+
+# (method, variant) -> (paper table, column, our row label)
+TABLE1_ROWS = {("decoder", None): (1, "CLIPSeg_E2E", "decoder (paper: CLIPSeg E2E †)"),
+               ("e2e", None): (1, "CLIPSeg_E2E", "e2e, all parameters (paper: CLIPSeg E2E †)"),
+               ("shallow", "vl"): (1, "CLIPSeg_SA", "CLIPSeg SA = shallow VL"),
+               ("dense", "vl"): (1, "CLIPSeg_DA", "CLIPSeg DA = dense VL")}
+TABLE2_ROWS = {(m, v): (2, f"{v.upper()}_{m}", f"{v.upper()} {m}") for v in VARIANTS for m in ("shallow", "dense")}
+TABLE1_NOTES = [f"† {E2E_NOTE}",
+                "Table 1's SA/DA columns are the VL variants (equal to Table 2's VL columns). Its SA label '4.2M' is the "
+                "count of shallow VLC (4,201,984); shallow VL has 3,939,072.",
+                f"Paper: {PAPER_CITATION}. Ours: mean ± std (ddof=1) over seeds of the test-set means; "
+                "in parentheses the paper's number and ours − paper. The paper gives no std. HD95 in pixels "
+                "(our empty-mask rule: 04_metrics; the paper's is unknown)."]
+TABLE2_NOTES = [f"Paper: {PAPER_CITATION}, supplementary Table 2. Ours: mean ± std (ddof=1) over seeds of the "
+                "test-set means; in parentheses the paper's number and ours − paper."]
+
+# %% ../nbs/08_experiments.ipynb #a303284a
+def paper_value(table: int, dataset: str, column: str, metric: str) -> float:
+    "The paper's number (Table `table`, `column`) for our `dataset` name and metric dice|iou|hd95; NaN if none."
+    name = PAPER_NAMES.get(_key_or_raw(dataset))
+    if name is None: return math.nan
+    t = paper_table(table)
+    r = t[(t.dataset == name) & (t.metric == _PAPER_METRIC[metric])]
+    return float(r[column].iloc[0]) if len(r) else math.nan
+
+def _dataset_order(d: str) -> tuple:
+    return (PAPER_DATASETS.index(d) if d in PAPER_DATASETS else len(PAPER_DATASETS), str(d))
+
+def _beside_paper(df: pd.DataFrame, configs: dict) -> pd.DataFrame:
+    agg, rows = aggregate(df), []
+    for _, r in agg.iterrows():
+        key = (r.method, r.variant if r.method in ADAPTER_METHODS else None)
+        if key not in configs: continue
+        n, col, label = configs[key]
+        row = dict(dataset=PAPER_NAMES.get(r.dataset, r.dataset), row=label, method=r.method, variant=key[1],
+                   paper_column=f"Table {n}: {col}", n_seeds=r.n_seeds, seeds=r.seeds, trainable_params=r.trainable_params)
+        for m in METRICS:
+            p = paper_value(n, r.dataset, col, m)
+            row.update({m: r[m], f"{m}_std": r[f"{m}_std"], f"{m}_paper": p, f"{m}_diff": r[m] - p})
+        rows.append(((_dataset_order(r.dataset), list(configs).index(key)), row))
+    cols = ["dataset", "row", "method", "variant", "paper_column", "n_seeds", "seeds", "trainable_params",
+            *[c for m in METRICS for c in (m, f"{m}_std", f"{m}_paper", f"{m}_diff")]]
+    return pd.DataFrame([r for _, r in sorted(rows, key=lambda x: x[0])], columns=cols)
+
+# %% ../nbs/08_experiments.ipynb #152c83fc
+def table1(df: pd.DataFrame) -> pd.DataFrame:
+    "Our decoder, e2e, shallow VL and dense VL runs beside the paper's Table 1 (tidy; footnotes in `.attrs['notes']`)."
+    t = _beside_paper(df, TABLE1_ROWS)
+    t.insert(t.columns.get_loc("trainable_params") + 1, "paper_params",
+             t["paper_column"].map(lambda c: PAPER_PARAMS.get(c.split(": ")[-1])) if len(t) else [])
+    t.attrs.update(title="Table 1: methods across datasets", notes=list(TABLE1_NOTES))
+    return t
+
+def table2(df: pd.DataFrame) -> pd.DataFrame:
+    "Our V/VL/VLC × shallow/dense runs beside the paper's Table 2 (tidy; footnotes in `.attrs['notes']`)."
+    t = _beside_paper(df, TABLE2_ROWS)
+    t.attrs.update(title="Table 2: adapter variants across datasets", notes=list(TABLE2_NOTES))
+    return t
+
+# %% ../nbs/08_experiments.ipynb #08f7d4fa
+def wide(t: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    "The paper's layout of a `table1`/`table2` result: rows (dataset, metric), one column per configuration."
+    labels = list(dict.fromkeys(t["row"]))
+    by = {(r.dataset, r.row): r for r in t.itertuples()}
+    idx, data = [("", "trainable params")], []
+    prow = []
+    for lab in labels:
+        r = next(x for x in t.itertuples() if x.row == lab)
+        pp = getattr(r, "paper_params", None)
+        prow.append(_params_label(r.trainable_params) + (f" (paper {pp})" if isinstance(pp, str) else ""))
+    data.append(prow)
+    for ds in dict.fromkeys(t["dataset"]):
+        for m in METRICS:
+            idx.append((ds, METRIC_NAMES[m]))
+            data.append([format_cell(getattr(by[ds, lab], m), getattr(by[ds, lab], f"{m}_std"),
+                                     getattr(by[ds, lab], f"{m}_paper"), digits) if (ds, lab) in by else "–" for lab in labels])
+    return pd.DataFrame(data, index=pd.MultiIndex.from_tuples(idx, names=["dataset", "metric"]), columns=labels)
+
+# %% ../nbs/08_experiments.ipynb #c0aa43db
+def to_markdown(df: pd.DataFrame, index: bool = True, floatfmt: str = ".2f") -> str:
+    "A GitHub-flavoured Markdown table of `df` (index levels as leading columns when `index`)."
+    d = df.reset_index() if index else df
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)): return ""
+        if isinstance(v, (float, np.floating)): v = format(float(v), floatfmt)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    heads = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in d.columns]
+    num = [pd.api.types.is_numeric_dtype(d[c]) for c in d.columns]
+    lines = ["| " + " | ".join(cell(h) for h in heads) + " |",
+             "|" + "|".join("---:" if n else "---" for n in num) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in d.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+# %% ../nbs/08_experiments.ipynb #64d790dc
+def _figure2_series(agg, ds: str, shown: list, metric: str, paper: bool, paper_only: bool) -> list[tuple]:
+    "The bars of one dataset's panel: (label, heights, errors, method, is_paper), ours and the paper's, shallow then dense."
+    series = []
+    for m in ("shallow", "dense"):
+        if not paper_only:
+            a = agg[(agg.dataset == ds) & (agg.method == m)].set_index("variant")
+            if len(a):
+                err = [a[f"{metric}_std"].get(v, np.nan) for v in shown]
+                series.append((f"ours {m}", [a[metric].get(v, np.nan) for v in shown],
+                               None if all(math.isnan(e) for e in err) else err, m, False))
+        if paper:
+            pv = [paper_value(2, ds, f"{v.upper()}_{m}", metric) for v in shown]
+            if not all(math.isnan(v) for v in pv): series.append((f"paper {m}", pv, None, m, True))
+    return series
+
+def _figure2_panel(ax, ds: str, series: list[tuple], shown: list, metric: str, paper_only: bool):
+    "Draw one dataset's bars on `ax` (the paper's hatched)."
+    x = np.arange(len(shown))
+    w = 0.8 / max(len(series), 1)
+    vals = []
+    for i, (lab, h, err, m, is_paper) in enumerate(series):
+        pos = x - 0.4 + w * (i + 0.5)
+        ax.bar(pos, h, w, yerr=None if err is None else np.nan_to_num(err), label=lab, color=_COLORS[m],
+               alpha=0.45 if is_paper else 0.95, hatch="//" if is_paper else None, edgecolor=_COLORS[m], capsize=2)
+        vals += [v for v in h if not math.isnan(v)]
+    if vals and metric != "hd95":
+        lo = min(vals)
+        ax.set_ylim(max(0.0, 10 * math.floor((lo - 5) / 10)) if paper_only else 0.0, min(100.0, max(vals) + 5))
+    ax.set_xticks(x, [v.upper() for v in shown])
+    ax.set_title(PAPER_NAMES.get(ds, ds), fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+# %% ../nbs/08_experiments.ipynb #418c60a0
+def _figure2_finish(fig, axes, n: int, nrows: int, metric: str, paper_only: bool, has_paper: bool):
+    "Axis labels, one legend for all panels, the title saying whose numbers these are, the layout."
+    for ax in axes[:, 0]: ax.set_ylabel(METRIC_NAMES[metric])
+    for ax in list(axes.flat)[n:]: ax.axis("off")
+    handles = {}
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()): handles.setdefault(l, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+    fig.suptitle(f"The paper's Figure 2: test {METRIC_NAMES[metric]} of the adapter variants (its Table 2 numbers, "
+                 "not our results; y axes start above 0)" if paper_only else
+                 f"Test {METRIC_NAMES[metric]} per adapter variant: ours (mean ± std over seeds)"
+                 + (" beside the paper's (hatched)" if has_paper else "; the paper has no such dataset"), fontsize=11)
+    fig.tight_layout(rect=(0, 0.07 if nrows == 1 else 0.04, 1, 1))
+
+# %% ../nbs/08_experiments.ipynb #2d437b5e
+def figure2(df: pd.DataFrame | None = None, metric: str = "dice", paper: bool = True,
+            datasets: Iterable[str] | None = None, ncols: int = 4, width: float = 3.3):
+    "Bars of `metric` per adapter variant (V, VL, VLC) and dataset, shallow vs dense: ours beside the paper's Table 2."
+    import matplotlib.pyplot as plt
+    metric = check_choice("metric", metric, METRICS)
+    agg = aggregate(df) if df is not None and len(df) else None
+    if agg is not None: agg = agg[agg.method.isin(ADAPTER_METHODS)]
+    paper_only = agg is None or agg.empty
+    if datasets is None:
+        datasets = list(PAPER_DATASETS) if paper_only else sorted(dict.fromkeys(agg.dataset), key=_dataset_order)
+    datasets = [_key_or_raw(d) for d in datasets]
+    n = len(datasets)
+    if n == 0: raise ValueError("nothing to draw: no adapter runs and no datasets given")
+    ncols = min(ncols, n); nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(width * ncols, 6.5), 2.7 * nrows + 0.6), squeeze=False)
+    has_paper = paper and any(not math.isnan(paper_value(2, d, "V_dense", metric)) for d in datasets)
+    shown = list(VARIANTS) if paper_only or has_paper else [v for v in VARIANTS if v in set(agg.variant)]
+    for ax, ds in zip(axes.flat, datasets):
+        _figure2_panel(ax, ds, _figure2_series(agg, ds, shown, metric, paper, paper_only), shown, metric, paper_only)
+    _figure2_finish(fig, axes, n, nrows, metric, paper_only, has_paper)
+    return fig
+
+# %% ../nbs/08_experiments.ipynb #5a15eaf0
+def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, digits: int = 2) -> dict[str, Path]:
+    "Write runs.csv, table1/table2 .csv (tidy) and .md (paper layout + notes), and figure2.png; return the paths."
+    import matplotlib.pyplot as plt
+    out, files = Path(out_dir), {}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "runs.csv", df.to_csv(index=False)); files["runs"] = out / "runs.csv"
+    for name, t in (("table1", table1(df)), ("table2", table2(df))):
+        if t.empty: continue
+        atomic_write_text(out / f"{name}.csv", t.to_csv(index=False)); files[name] = out / f"{name}.csv"
+        md = f"## {t.attrs['title']}\n\n" + to_markdown(wide(t, digits)) + "\n" + "\n\n".join(t.attrs["notes"]) + "\n"
+        atomic_write_text(out / f"{name}.md", md); files[f"{name}_md"] = out / f"{name}.md"
+    if (df.method.isin(ADAPTER_METHODS)).any():
+        fig = figure2(df)
+        with atomic_path(out / "figure2.png") as tmp: fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig); files["figure2"] = out / "figure2.png"
+    return files
+
+# %% ../nbs/08_experiments.ipynb #9686f79d
+def _kv(s: str) -> tuple[str, object]:
+    if "=" not in s: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    k, v = s.split("=", 1)
+    try: v = ast.literal_eval(v)
+    except (ValueError, SyntaxError): pass            # a plain string
+    return k.strip(), v
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vlsm_adapter.experiments",
+                                description="Train and evaluate a grid of runs with papermill (05_train + 06_evaluate), "
+                                            "skipping finished ones, then write the paper's tables beside ours.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(PAPER_DATASETS))
+    p.add_argument("--methods", nargs="+", default=list(PAPER_METHODS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(PAPER_SEEDS))
+    p.add_argument("--root", default="runs/sweep")
+    p.add_argument("--data-root", default=None, help="MedVLSM data root (default: $VLSM_DATA, else data/)")
+    p.add_argument("--set", dest="extra", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a training-notebook parameter for every run (repeatable)")
+    p.add_argument("--eval-set", dest="eval_extra", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="an evaluation-notebook parameter (repeatable)")
+    p.add_argument("--train-nb", default=None); p.add_argument("--eval-nb", default=None)
+    p.add_argument("--kernel-name", default="python3")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their plan; run nothing")
+    p.add_argument("--force", action="store_true", help="re-train and re-evaluate every run")
+    p.add_argument("--tables-only", action="store_true", help="only collect the results under --root and write the tables")
+    p.add_argument("--estimate", action="store_true", help="print the cost estimate of the grid and exit")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+# %% ../nbs/08_experiments.ipynb #15658cd3
+def main(argv: list[str] | None = None) -> int:
+    "Command-line entry point; returns the exit status."
+    a = build_parser().parse_args(argv)
+    root = Path(a.root)
+    if a.tables_only:
+        df = collect(root)
+        if df.empty: print(f"no finished and evaluated runs under {root}"); return 1
+        for k, f in write_tables(df, root / "tables").items(): print(f"wrote {f}")
+        return 0
+    fixed = dict(a.extra)
+    if a.data_root is not None: fixed["data_root"] = a.data_root
+    try: grid = Grid(a.datasets, a.methods, a.variants, a.seeds, **fixed)
+    except ValueError as e: build_parser().error(str(e))
+    if a.estimate:
+        est = estimate_cost(grid)
+        print(est.groupby("method")[["gpu_hours"]].sum().round(1).to_string())
+        print(f"{grid}: about {est.gpu_hours.sum():.0f} GPU-hours ({est.attrs['assumptions']})")
+        return 0
+    try:
+        t = run_sweep(grid, root, a.train_nb, a.eval_nb, eval_params=dict(a.eval_extra), kernel_name=a.kernel_name,
+                      dry_run=a.dry_run, progress=a.progress, raise_on_failure=False, force=a.force)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr); return 2
+    if a.dry_run:
+        print(t[["name", "plan", "error"]].fillna("").to_string(index=False))
+        print(f"{len(t)} runs: " + ", ".join(f"{n} {k}" for k, n in t.plan.value_counts().items()))
+        return 0
+    df = collect(root)
+    if len(df):
+        for k, f in write_tables(df, root / "tables").items(): print(f"wrote {f}")
+    bad = t[t.status.isin(["failed", "conflict"])]
+    for r in bad.itertuples(): print(f"FAILED {r.name} ({r.stage or r.status}): {r.error}\n  {r.notebook or ''}", file=sys.stderr)
+    return 1 if len(bad) else 0
+
+# %% ../nbs/08_experiments.ipynb #6246d783
+SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "kvasir": (800, 100, 100), "bkai": (800, 100, 100), "clinicdb": (490, 61, 61), "isic16": (810, 90, 379),
+    "dfu": (1600, 200, 200), "camus": (4800, 600, 600), "busi": (624, 78, 78), "chexlocalize": (1279, 446, 452)}
+"Records per split (train, val, test) of the MedVLSM annotation files; CAMUS train inferred (its file is not shared)."
+ASSUMED_IMG_PER_S = {"dense": 150.0, "e2e": 120.0, "shallow": 400.0, "decoder": 600.0}
+"Assumed training images/s at 352×352, batch 32, fp16 on one RTX 3090/A100-class GPU (replace with measured ones)."
+
+def estimate_cost(grid: Grid | Iterable[RunSpec], img_per_s: dict | None = None, epochs: int = 60,
+                  val_cost: float = 1 / 3, overhead_s: float = 60.0) -> pd.DataFrame:
+    "Estimated GPU-hours per run: epochs × (train + val_cost × val images)/throughput + test pass + overhead."
+    ips = {**ASSUMED_IMG_PER_S, **(img_per_s or {})}
+    rows = []
+    for s in grid:
+        if is_generated(s.dataset):
+            n = int(s.params.get("synthetic_n") or 256); sizes = (n, max(n // 4, 1), max(n // 4, 1))
+        else: sizes = SPLIT_SIZES[dataset_key(s.dataset)]
+        ep = min(int(s.params["max_epochs"]), epochs) if s.params.get("max_epochs") else epochs   # early stopping decides below the bound
+        sec = ep * (sizes[0] + val_cost * sizes[1]) / ips[s.method] + val_cost * sizes[2] / ips[s.method] + overhead_s
+        rows.append(dict(name=s.name, dataset=s.dataset, method=s.method, variant=s.variant, seed=s.seed, epochs=ep,
+                         train_images=sizes[0], img_per_s=ips[s.method], gpu_hours=sec / 3600))
+    t = pd.DataFrame(rows)
+    t.attrs["assumptions"] = (f"assumed throughputs {ips} img/s, {epochs} epochs per run, validation at {val_cost:.2g} "
+                              f"of a training step's cost, {overhead_s:g} s start-up per run")
+    return t
 
 # %% ../nbs/08_experiments.ipynb #6d66efe3
 if __name__ == "__main__" and not in_ipython(): sys.exit(main())
