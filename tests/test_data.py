@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from vlsm_adapter.data import (DATASETS, PAPER_NAMES, DatasetError, MedVLSMDataset, PromptCollator, SyntheticDataset,
                                all_prompts, choose_prompt, data_root, dataset_dir, get_dataset, item_rng, load_annotations,
-                               mask_to_bool, mask_to_tensor, prompt_keys, resolve_dataset, validate, write_medvlsm)
+                               image_to_tensor, mask_to_bool, mask_to_tensor, prompt_keys, resolve_dataset, validate, write_medvlsm)
 from vlsm_adapter.utils import shared_path
 
 ANNS = shared_path("data", "medvlsm_anns")
@@ -176,6 +176,21 @@ def test_synthetic():
                       "blue": (40, 90, 225), "yellow": (235, 205, 40)}[r["color"]]).max() < 25
     assert [len(get_dataset("synthetic", s)) for s in ("train", "val", "test")] == [256, 64, 64]
     assert len(get_dataset("synthetic", "val", n=7)) == 7
+
+
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-us"])
+def test_synthetic_resized_cache_exact(name):
+    "Items from the in-memory resized cache are the very tensors `image_to_tensor` / `mask_to_tensor` give on the render."
+    for size in (160, 96):
+        ds = get_dataset(name, "train", n=9, size=size, seed=5)
+        for _ in range(2):                                                  # the first pass fills the cache, the second reads it
+            for i in range(len(ds)):
+                it, (img, lab) = ds[i], ds.rendered(i // ds.shapes_per_image)
+                assert torch.equal(it["pixel_values"], image_to_tensor(Image.fromarray(img), size))
+                assert torch.equal(it["mask"], mask_to_tensor(lab == ds.records[i]["target"] + 1, size))
+                assert it["orig_size"] == img.shape[:2]
+    ds.size = 64                                                            # a new size is a new cache entry, not a stale one
+    assert ds[0]["pixel_values"].shape == (3, 64, 64) and ds[0]["mask"].shape == (64, 64)
 
 
 # ---------------------------------------------------------------- transforms

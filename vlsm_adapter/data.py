@@ -520,13 +520,27 @@ def load_mask(self: SyntheticDataset, i: int) -> np.ndarray:
     return self.rendered(i // self.shapes_per_image)[1] == self.records[i]["target"] + 1
 
 @patch
+def resized(self: SyntheticDataset, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image `j` (bilinear) and its label map (nearest) resized to `size`, uint8, kept in memory (up to 2,048): epochs
+    after the first resize nothing. The same pixels as `image_to_tensor` / `mask_to_tensor` of the full-size render."""
+    cache, key = self.__dict__.setdefault("_resized", {}), (j, self.size)
+    if key not in cache:
+        if len(cache) >= 2048: cache.clear()
+        img, lab = self.rendered(j)
+        s = (self.size, self.size)
+        cache[key] = (np.asarray(Image.fromarray(img).resize(s, Image.BILINEAR)),
+                      np.asarray(Image.fromarray(lab).resize(s, Image.NEAREST)))
+    return cache[key]
+
+@patch
 def __getitem__(self: SyntheticDataset, i: int) -> dict[str, Any]:
     i = self._index(i)
-    img, lab = self.rendered(i // self.shapes_per_image)    # one render for the image's records and epochs
-    mask = lab == self.records[i]["target"] + 1
+    img, lab = self.resized(i // self.shapes_per_image)     # one render and resize for the image's records and epochs
     r = self.records[i]
-    return dict(pixel_values=image_to_tensor(Image.fromarray(img), self.size), mask=mask_to_tensor(mask, self.size),
-                prompt=self.pick_prompt(i), orig_size=(int(mask.shape[0]), int(mask.shape[1])),
+    px = (np.asarray(img, dtype=np.float32) * _SCALE + _SHIFT).transpose(2, 0, 1)
+    return dict(pixel_values=torch.from_numpy(np.ascontiguousarray(px)),
+                mask=torch.from_numpy((lab == r["target"] + 1).astype(np.float32)),
+                prompt=self.pick_prompt(i), orig_size=tuple(int(v) for v in self.orig_size),
                 img_name=r["img_name"], mask_name=r["mask_name"], index=i)
 
 # %% ../nbs/03_data.ipynb #7d39cd65
