@@ -147,3 +147,44 @@ def test_hd95_distance_transform_path_equals_kdtree(monkeypatch, seed):
     # and the plain Hausdorff distance is SciPy's, on the boundary pixels
     P, G = a.pred_points, a.gt_points
     assert he100 == pytest.approx(max(directed_hausdorff(P, G)[0], directed_hausdorff(G, P)[0]), abs=1e-12)
+
+
+def test_fit_with_decoded_cache_trains_identically(tmp_path):
+    "`decoded_cache` changes where the pixels come from, not the run: the same losses and Dice, epoch by epoch."
+    for s in ("train", "val"): write_medvlsm(SyntheticDataset(12, split=s), tmp_path / "data", "kvasir_polyp", split=s)
+    kw = dict(dataset="kvasir", data_root=str(tmp_path / "data"), model="tiny", method="dense", variant="vl", batch_size=4,
+              max_epochs=2, image_size=64, progress=False)
+    plain = fit(TrainConfig(**kw, out_dir=str(tmp_path / "plain")))
+    cached = fit(TrainConfig(**kw, out_dir=str(tmp_path / "cached"), decoded_cache=str(tmp_path / "cache")))
+    cols = ["train_loss", "val_loss", "val_dice", "val_iou"]
+    assert np.array_equal(plain.history[cols].to_numpy(), cached.history[cols].to_numpy())
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["kvasir_polyp-train-64", "kvasir_polyp-val-64"]
+    # the cache may be switched on or off when a run is resumed (the data are the same): epoch 1 cached, epoch 2 not
+    half = fit(TrainConfig(**{**kw, "max_epochs": 1}, out_dir=str(tmp_path / "half"), decoded_cache=str(tmp_path / "cache")))
+    assert len(half.history) == 1
+    (tmp_path / "half" / "summary.json").unlink()                     # as if stopped after epoch 1's checkpoint
+    resumed = fit(TrainConfig(**kw, out_dir=str(tmp_path / "half")))
+    assert resumed.resumed_from_epoch == 1
+    assert np.array_equal(resumed.history[cols].to_numpy(), plain.history[cols].to_numpy())
+
+
+def test_decoded_cache_refused_for_generated_data():
+    with pytest.raises(ValueError, match="decoded_cache is for datasets read from files; 'synthetic-us'"):
+        TrainConfig(dataset="synthetic-us", decoded_cache="cache")
+
+
+def _build_cache(args):
+    root, folder = args
+    return DecodedCache(MedVLSMDataset("kvasir", "train", root=root, size=64), folder).rebuilt
+
+
+def test_decoded_cache_concurrent_builders(tmp_path):
+    "Two processes opening the same new cache at once: one decodes everything, the other waits and decodes nothing."
+    import multiprocessing as mp
+    write_medvlsm(SyntheticDataset(30), tmp_path / "data", "kvasir_polyp", split="train")
+    with mp.get_context("spawn").Pool(2) as pool:
+        rebuilt = pool.map(_build_cache, [(tmp_path / "data", tmp_path / "cache")] * 2)
+    assert sorted(rebuilt) == [0, 30]
+    plain = MedVLSMDataset("kvasir", "train", root=tmp_path / "data", size=64)
+    cached = DecodedCache(plain, tmp_path / "cache")
+    assert cached.rebuilt == 0 and all(torch.equal(plain[i]["pixel_values"], cached[i]["pixel_values"]) for i in range(30))

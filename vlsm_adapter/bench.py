@@ -20,7 +20,7 @@ from .data import MedVLSMDataset, DecodedCache
 __all__ = ['ALL_CONFIGS', 'PROMPTS', 'PEER_CONFIGS', 'TARGETS', 'peak_memory_mb', 'bench_one', 'run_benchmarks',
            'layer_skip_gain', 'frozen_no_grad_gain', 'feature_reuse_gain', 'feature_reuse_epoch_gain', 'OfficialPath',
            'peer_ratio', 'precision_gain', 'compile_gain', 'data_rate', 'summarize_bench', 'check_targets',
-           'peer_lines', 'main']
+           'peer_lines', 'main', 'decoded_epoch_gain']
 
 # %% ../nbs/09_bench.ipynb #043d7921
 ALL_CONFIGS = [(m, v) for m in ADAPTER_METHODS for v in VARIANTS] + [("decoder", None), ("e2e", None)]
@@ -437,3 +437,25 @@ def main(argv=None):
     return out
 
 if __name__ == "__main__" and not in_ipython(): main()
+
+# %% ../nbs/09_bench.ipynb #43420801
+def decoded_epoch_gain(dataset: str = "clinicdb", model: str = "tiny", method: str = "dense", variant: str = "vl", root=None,
+                       image_size: int = 352, batch: int = 8, **_) -> dict | None:
+    "`fit`'s second-epoch time on a real dataset without / with `decoded_cache`, and whether the two runs agree exactly."
+    root = root or shared_path("data")
+    from vlsm_adapter.data import resolve_dataset
+    try: resolve_dataset(dataset, root); MedVLSMDataset(dataset, "train", root=root)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"decoded_epoch_gain skipped: {dataset} not found under {root} ({str(e).splitlines()[0][:120]})"); return None
+    from vlsm_adapter.train import fit, TrainConfig
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for cached in (False, True):
+            cfg = TrainConfig(dataset=dataset, data_root=str(root), model=model, method=method, variant=variant, batch_size=batch,
+                              max_epochs=2, image_size=image_size, progress=False, out_dir=f"{tmp}/run-{cached}",
+                              decoded_cache=f"{tmp}/cache" if cached else None)
+            runs[cached] = fit(cfg).history
+    cols = ["train_loss", "val_loss", "val_dice"]
+    t0, t1 = (float(runs[c].epoch_time_s.iloc[1]) for c in (False, True))
+    return dict(dataset=dataset, model=model, image_size=image_size, t_epoch_plain_s=t0, t_epoch_cached_s=t1, speedup=t0 / t1,
+                identical=bool((runs[False][cols].to_numpy() == runs[True][cols].to_numpy()).all()))

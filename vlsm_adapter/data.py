@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from fastcore.basics import patch
+from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['DATASETS', 'PAPER_NAMES', 'SPLIT_DIRS', 'SYNTHETIC', 'DATA_ENV', 'MEDVLSM_URL', 'IMAGENET_MEAN', 'IMAGENET_STD',
@@ -874,9 +875,21 @@ def write_medvlsm(ds: PromptedDataset, root: str | os.PathLike, folder: str, spl
     return d
 
 # %% ../nbs/03_data.ipynb #1fe23ec9
+import contextlib
+try: import fcntl                     # POSIX; elsewhere the cache folder is not locked
+except ImportError: fcntl = None
 from .utils import atomic_write_text
 
 _NORM_LUT = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE + _SHIFT).T)   # (3, 256)
+
+@contextlib.contextmanager
+def _dir_lock(folder: Path):
+    "An exclusive `fcntl.flock` on `folder/.lock` for the block (blocking: a second process waits, then reuses the work)."
+    with open(folder / ".lock", "a+") as f:
+        if fcntl is not None: fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try: yield
+        finally:
+            if fcntl is not None: fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 def _file_key(p: Path) -> list:
     st = os.stat(p)
@@ -884,13 +897,14 @@ def _file_key(p: Path) -> list:
 
 class DecodedCache(Dataset):
     """Items of a `MedVLSMDataset` from decoded, resized uint8 arrays cached under `folder/<dataset>-<split>-<size>/`
-    (built or refreshed on construction; memory-mapped reads). Prompts are still drawn per epoch by the dataset."""
+    (built or refreshed on construction, under a lock on the folder so that concurrent runs build it once; memory-mapped
+    reads). Prompts are still drawn per epoch by the dataset."""
     def __init__(self, ds: "MedVLSMDataset", folder: str | os.PathLike, progress: bool = False):
         if not hasattr(ds, "image_path"): raise TypeError(f"DecodedCache caches file-backed datasets (MedVLSMDataset), not {type(ds).__name__}")
         self.ds, self.size = ds, ds.size
         self.dir = Path(folder) / f"{ds.folder}-{ds.split}-{ds.size}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.rebuilt = self._refresh(progress)
+        with _dir_lock(self.dir): self.rebuilt = self._refresh(progress)
         self.images = np.load(self.dir / "images.npy", mmap_mode="r", allow_pickle=False)
         self.masks = np.load(self.dir / "masks.npy", mmap_mode="r", allow_pickle=False)
 
@@ -917,7 +931,7 @@ class DecodedCache(Dataset):
 # %% ../nbs/03_data.ipynb #939bc5ac
 @patch
 def _refresh(self: DecodedCache, progress: bool) -> int:
-    "Decode the items that are missing or whose files changed; returns how many were decoded."
+    "Decode (with a progress bar when `progress`) the items that are missing or whose files changed; returns how many were decoded."
     n, s, idx_file = len(self.ds), self.size, self.dir / "index.json"
     keys = [self._keys(i) for i in range(n)]
     old = json.loads(idx_file.read_text()) if idx_file.exists() else None
@@ -932,14 +946,13 @@ def _refresh(self: DecodedCache, progress: bool) -> int:
         todo, orig = [i for i in range(n) if old["keys"][i] != keys[i]], old["orig_size"]
     if todo:
         idx_file.unlink(missing_ok=True)            # an interrupted refresh leaves no index: the next open redoes it
-        for k, i in enumerate(todo):
+        for i in tqdm(todo, desc=f"decoding {self.ds.folder}/{self.ds.split}", disable=not progress, leave=False):
             img, mask = self.ds.load_image(i), self.ds.load_mask(i)
             if mask.shape != (img.height, img.width):
                 raise DatasetError([self.ds.problem(i, self.ds.mask_path(i), f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {img.width}x{img.height}")])
             imgs[i] = np.asarray(img.convert("RGB").resize((s, s), Image.BILINEAR))
             masks[i] = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((s, s), Image.NEAREST)) > 127
             orig[i] = [int(mask.shape[0]), int(mask.shape[1])]
-            if progress and (k + 1) % 100 == 0: print(f"decoded {k + 1}/{len(todo)}", flush=True)
         imgs.flush(); masks.flush()
         atomic_write_text(idx_file, json.dumps(dict(n=n, size=s, keys=keys, orig_size=orig)))
     del imgs, masks

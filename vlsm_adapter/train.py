@@ -15,7 +15,7 @@ from fastcore.basics import patch
 
 from .clipseg import load_clipseg, DEFAULT_MODEL
 from .model import VLSMAdapter, METHODS, VARIANTS, ADAPTER_METHODS, check_choice, save_adapter, trainable_state_dict
-from .data import get_dataset, PromptCollator, validate, resolve_dataset, SYNTHETIC, SYNTHETIC_US, is_generated
+from .data import DecodedCache, get_dataset, PromptCollator, validate, resolve_dataset, SYNTHETIC, SYNTHETIC_US, is_generated
 from .metrics import DiceBCELoss, batch_dice, batch_iou
 from .utils import atomic_path, atomic_write_text, seed_everything, in_test, in_ipython
 
@@ -60,6 +60,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_features: bool | None = None  # reuse frozen encoder features across epochs (shallow/decoder); None = when they fit
     cache_max_gb: float = 8.0
+    decoded_cache: str | None = None    # folder: a real dataset's images and masks decoded and resized once (`DecodedCache`)
     checkpoint_every: int = 0           # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     validate_data: bool = True          # check every file of the dataset before the first step
     overwrite: bool = False             # replace a finished run in out_dir
@@ -99,6 +100,9 @@ def _check(self: TrainConfig):
         if getattr(self, k) is not None and int(getattr(self, k)) <= 0: raise ValueError(f"{k} must be positive, got {getattr(self, k)!r}")
     if self.image_size and self.image_size % 16: raise ValueError(f"image_size must be a multiple of 16 (the ViT patch), got {self.image_size}")
     if self.lr is not None and not self.lr > 0: raise ValueError(f"lr must be positive, got {self.lr!r}")
+    if self.decoded_cache and is_generated(self.dataset):
+        raise ValueError(f"decoded_cache is for datasets read from files; {self.dataset!r} is generated in memory "
+                         "(and keeps its resized images there already)")
 
 # %% ../nbs/05_train.ipynb #43bceffd
 from types import SimpleNamespace
@@ -263,6 +267,8 @@ def _datasets(cfg: TrainConfig) -> tuple:
         if len(ds) == 0:
             raise ValueError(f"the {ds.split} split of {cfg.dataset!r} has no records ({getattr(ds, 'ann_file', 'synthetic_n')}): "
                              "nothing to " + ("train on" if ds is train_ds else "validate on (validation picks the best epoch and stops early)"))
+    if cfg.decoded_cache and not synth:      # decoded and resized once; later epochs read uint8 arrays, the same items
+        train_ds, val_ds = (DecodedCache(ds, cfg.decoded_cache, progress=cfg.progress) for ds in (train_ds, val_ds))
     val_ds.set_epoch(0)                                            # one fixed prompt draw per validation image
     return train_ds, val_ds
 
@@ -375,6 +381,7 @@ except ImportError: fcntl = None
 # %% ../nbs/05_train.ipynb #c9f5aa55
 # fields that may change when a run is resumed (the rest must match the stored config)
 RESUMABLE_CHANGES = ("max_epochs", "num_workers", "overwrite", "checkpoint_every", "progress", "cache_features", "cache_max_gb",
+                     "decoded_cache",
                      "out_dir")   # a run folder may be moved or copied and resumed there
 CHECKPOINT, SUMMARY, CONFIG, METRICS, CURVES = "checkpoint.pt", "summary.json", "config.json", "metrics.csv", "curves.png"
 LOCK = ".lock"
