@@ -192,6 +192,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN, _STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 _SCALE = np.float32(1 / 255) / np.asarray(IMAGENET_STD, np.float32)    # x/255 -> (x/255 - mean)/std in one multiply-add
 _SHIFT = -np.asarray(IMAGENET_MEAN, np.float32) / np.asarray(IMAGENET_STD, np.float32)
+_NORM_LUT = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE + _SHIFT).T)   # (3, 256): the same values per 8-bit level
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 "PIL modes deeper than 8 bits per pixel (16-bit and 32-bit integer, 32-bit float grey)."
 LOSSY_FORMATS = ("JPEG", "MPO")
@@ -538,8 +539,8 @@ def __getitem__(self: SyntheticDataset, i: int) -> dict[str, Any]:
     i = self._index(i)
     img, lab = self.resized(i // self.shapes_per_image)     # one render and resize for the image's records and epochs
     r = self.records[i]
-    px = (np.asarray(img, dtype=np.float32) * _SCALE + _SHIFT).transpose(2, 0, 1)
-    return dict(pixel_values=torch.from_numpy(np.ascontiguousarray(px)),
+    px = np.stack([_NORM_LUT[c][img[..., c]] for c in range(3)])    # image_to_tensor's arithmetic, looked up per level
+    return dict(pixel_values=torch.from_numpy(px),
                 mask=torch.from_numpy((lab == r["target"] + 1).astype(np.float32)),
                 prompt=self.pick_prompt(i), orig_size=tuple(int(v) for v in self.orig_size),
                 img_name=r["img_name"], mask_name=r["mask_name"], index=i)
@@ -879,8 +880,6 @@ import contextlib
 try: import fcntl                     # POSIX; elsewhere the cache folder is not locked
 except ImportError: fcntl = None
 from .utils import atomic_write_text
-
-_NORM_LUT = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE + _SHIFT).T)   # (3, 256)
 
 @contextlib.contextmanager
 def _dir_lock(folder: Path):

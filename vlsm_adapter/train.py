@@ -21,8 +21,8 @@ from .utils import atomic_path, atomic_write_text, seed_everything, in_test, in_
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'GENERATED_LR', 'GENERATED_BATCH', 'PRECISIONS', 'RESUMABLE_CHANGES', 'CHECKPOINT', 'SUMMARY', 'CONFIG',
-           'METRICS', 'CURVES', 'LOCK', 'CHECKPOINT_KEYS', 'TrainConfig', 'trivial_dice', 'FitResult', 'fit',
-           'make_accelerator', 'FeatureCache', 'RunFolderBusy', 'run_lock', 'load_checkpoint', 'prepare_out_dir',
+           'METRICS', 'CURVES', 'LOCK', 'CHECKPOINT_KEYS', 'CURVES_EVERY_S', 'TrainConfig', 'trivial_dice', 'FitResult',
+           'fit', 'make_accelerator', 'FeatureCache', 'RunFolderBusy', 'run_lock', 'load_checkpoint', 'prepare_out_dir',
            'plot_history', 'build_parser', 'main', 'cli']
 
 # %% ../nbs/05_train.ipynb #e5173537
@@ -540,17 +540,27 @@ def _start(r: SimpleNamespace, ckpt: dict | None):
     r.trivial, r.t_run = state.get("trivial"), time.time()
 
 # %% ../nbs/05_train.ipynb #e3ed1352
+CURVES_EVERY_S = 30.0
+"`curves.png` is redrawn after an epoch when this many seconds have passed since it was last drawn, and at the end."
+
+def _write_curves(r: SimpleNamespace, hist: pd.DataFrame):
+    "Draw `plot_history` of `hist` into `curves.png` (atomically); about 0.3 s, so not after every short epoch."
+    cfg = r.cfg
+    fig = plot_history(hist, r.trivial, f"{cfg.dataset} · {cfg.method} {cfg.variant or ''} · seed {cfg.seed}")
+    with atomic_path(r.out / CURVES) as tmp: fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    r.t_curves = time.time()
+
 def _save_epoch(r: SimpleNamespace, epoch: int, improved: bool):
-    "After an epoch: best (if improved) and last adapters, `metrics.csv`, `curves.png` (main process), then the checkpoint."
+    """After an epoch: best (if improved) and last adapters, `metrics.csv`, `curves.png` (main process; at most every
+    `CURVES_EVERY_S`), then the checkpoint."""
     cfg = r.cfg
     if r.main:
         if improved: save_adapter(r.raw, r.out / "best")
         save_adapter(r.raw, r.out / "last")
         hist = pd.DataFrame(r.state["history"])
         with atomic_path(r.out / METRICS) as tmp: hist.to_csv(tmp, index=False)
-        fig = plot_history(hist, r.trivial, f"{cfg.dataset} · {cfg.method} {cfg.variant or ''} · seed {cfg.seed}")
-        with atomic_path(r.out / CURVES) as tmp: fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
+        if time.time() - getattr(r, "t_curves", 0.0) >= CURVES_EVERY_S: _write_curves(r, hist)
     r.state["step_in_epoch"], r.state["partial"] = 0, None
     _checkpoint(r, epoch, 0, None)
 
@@ -560,7 +570,9 @@ def _finish(r: SimpleNamespace, ckpt: dict | None) -> FitResult:
     summary = dict(status="finished", best_epoch=state["best_epoch"], best_val_dice=state["best_dice"],
                    epochs=len(hist), stopped_early=state["stopped_early"], trivial_val_dice=r.trivial, params=r.params,
                    wall_time_s=time.time() - r.t_run)
-    if r.main: atomic_write_text(r.out / SUMMARY, json.dumps(summary, indent=2))
+    if r.main:
+        _write_curves(r, hist)                                     # the final curves, whatever the last drawing
+        atomic_write_text(r.out / SUMMARY, json.dumps(summary, indent=2))
     r.acc.wait_for_everyone()
     return FitResult(r.out, hist, state["best_epoch"], state["best_dice"], r.trivial, state["stopped_early"],
                      None if ckpt is None else ckpt["state"]["epoch"], r.params)
