@@ -33,7 +33,7 @@ def test_resolved_defaults():
     assert (c.model, c.lr, c.variant, c.out_dir) == ("CIDAS/clipseg-rd64-refined", 3e-4, "vlc", "runs/isic16-shallow-vlc-seed42")
     assert (c.batch_size, c.image_size, c.max_epochs) == (32, 352, 200)
     g = TrainConfig().resolved()
-    assert (g.model, g.lr, g.batch_size, g.image_size, g.max_epochs) == ("tiny-pretrained", 3e-3, 8, 160, 30)
+    assert (g.model, g.lr, g.batch_size, g.image_size, g.max_epochs) == ("tiny-pretrained", 3e-3, 8, 160, 24)
     assert TrainConfig(dataset="synthetic").resolved().max_epochs == 15
     assert TrainConfig(method="e2e").resolved().variant is None                        # variants are for adapters
     assert TrainConfig(dataset="synthetic", method="decoder").resolved().lr == 1e-3     # 3e-3 is for dense adapters only

@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float | None = None             # default by method: 1e-3 dense/e2e/decoder, 3e-4 shallow (dense adapters on generated data: 3e-3)
     weight_decay: float = 1e-3
     batch_size: int | None = None       # default 32 (the paper); 8 for the generated datasets (more steps in the quickstart's minutes)
-    max_epochs: int | None = None       # an upper bound, early stopping decides; default 200 (30 for synthetic-us, 15 for synthetic: quickstart)
+    max_epochs: int | None = None       # an upper bound, early stopping decides; default 200 (24 for synthetic-us, 15 for synthetic: quickstart)
     patience: int = 20                  # early stopping on validation Dice
     min_delta: float = 0.01             # in Dice percentage points (= 1e-4 as a fraction)
     lr_factor: float = 0.3
@@ -80,7 +80,7 @@ def resolved(self: TrainConfig) -> "TrainConfig":
     synth = is_generated(c.dataset)
     c.model = c.model or ("tiny-pretrained" if synth else DEFAULT_MODEL)
     c.image_size = c.image_size or (160 if synth else 352)
-    c.max_epochs = c.max_epochs or ((30 if c.dataset.strip().lower() == SYNTHETIC_US else 15) if synth else 200)
+    c.max_epochs = c.max_epochs or ((24 if c.dataset.strip().lower() == SYNTHETIC_US else 15) if synth else 200)
     c.lr = c.lr or (GENERATED_LR if synth and c.method == "dense" else DEFAULT_LR[c.method])
     c.batch_size = c.batch_size or (GENERATED_BATCH if synth else 32)
     c.variant = c.variant if c.method in ADAPTER_METHODS else None
