@@ -59,3 +59,12 @@ def test_under_the_hood_and_appendix_leave_the_lesson_flow(tmp_path):
     assert a["appendix"] and a["lesson_minutes"] == 0 and a["hood_minutes"] > 0
     t = cs.table([r, a])
     assert "14_y.ipynb (appendix)" in t and "core lessons 00-06: 0.0 h" in t
+
+
+def test_course_keeps_its_met_figures():
+    "The two course targets already met stay met: no code cell above 40 lines, no exported name left untaught."
+    rows = [cs.stats(p) for p in sorted((ROOT / "nbs").glob("*.ipynb"))]
+    long = {r["notebook"]: r["long_cells"] for r in rows if r["long_cells"]}
+    untaught = {r["notebook"]: r["untaught"] for r in rows if r["untaught"]}
+    assert not long, f"code cells above {cs.LONG} lines: {long} (python tools/course_stats.py)"
+    assert not untaught, f"exported names never mentioned outside their export cell: {untaught}"

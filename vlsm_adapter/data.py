@@ -875,7 +875,7 @@ def write_medvlsm(ds: PromptedDataset, root: str | os.PathLike, folder: str, spl
     (d / "anns" / f"{split}.json").write_text(json.dumps(recs, indent=1))
     return d
 
-# %% ../nbs/03_data.ipynb #1fe23ec9
+# %% ../nbs/03_data.ipynb #fd2a7507
 import contextlib
 try: import fcntl                     # POSIX; elsewhere the cache folder is not locked
 except ImportError: fcntl = None
@@ -890,6 +890,8 @@ def _dir_lock(folder: Path):
         finally:
             if fcntl is not None: fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+
+# %% ../nbs/03_data.ipynb #1fe23ec9
 def _file_key(p: Path) -> list:
     st = os.stat(p)
     return [st.st_mtime_ns, st.st_size]
