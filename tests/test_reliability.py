@@ -130,7 +130,9 @@ def _wait_for(pred, timeout=240, proc=None):
 
 def test_two_trainings_on_one_folder(tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen(_cli_args(run, max_epochs=50), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # the first run would train for days (no early stop): it still holds the folder when the second starts
+    first = subprocess.Popen(_cli_args(run, max_epochs=10**6, patience=10**6), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
     try:
         held = lambda: (run / LOCK).exists() and "pid" in (run / LOCK).read_text()      # the first run holds the lock
         assert _wait_for(held, proc=first), first.stdout.read().decode()[-2000:]
