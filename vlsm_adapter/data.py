@@ -193,6 +193,10 @@ _MEAN, _STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_S
 _SCALE = np.float32(1 / 255) / np.asarray(IMAGENET_STD, np.float32)    # x/255 -> (x/255 - mean)/std in one multiply-add
 _SHIFT = -np.asarray(IMAGENET_MEAN, np.float32) / np.asarray(IMAGENET_STD, np.float32)
 _NORM_LUT = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE + _SHIFT).T)   # (3, 256): the same values per 8-bit level
+
+def _lut_normalize(a: np.ndarray) -> np.ndarray:
+    "uint8 (H, W, 3) -> float32 (3, H, W) with `image_to_tensor`'s values, looked up per 8-bit level (3-4x faster)."
+    return np.stack([_NORM_LUT[c][a[..., c]] for c in range(3)])
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 "PIL modes deeper than 8 bits per pixel (16-bit and 32-bit integer, 32-bit float grey)."
 LOSSY_FORMATS = ("JPEG", "MPO")
@@ -539,8 +543,7 @@ def __getitem__(self: SyntheticDataset, i: int) -> dict[str, Any]:
     i = self._index(i)
     img, lab = self.resized(i // self.shapes_per_image)     # one render and resize for the image's records and epochs
     r = self.records[i]
-    px = np.stack([_NORM_LUT[c][img[..., c]] for c in range(3)])    # image_to_tensor's arithmetic, looked up per level
-    return dict(pixel_values=torch.from_numpy(px),
+    return dict(pixel_values=torch.from_numpy(_lut_normalize(img)),
                 mask=torch.from_numpy((lab == r["target"] + 1).astype(np.float32)),
                 prompt=self.pick_prompt(i), orig_size=tuple(int(v) for v in self.orig_size),
                 img_name=r["img_name"], mask_name=r["mask_name"], index=i)
@@ -921,9 +924,7 @@ class DecodedCache(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = self.ds._index(i)
         a, r = np.asarray(self.images[i]), self.ds.records[i]
-        # a per-channel lookup table of image_to_tensor's own float32 arithmetic: the same values, 3-4x faster
-        px = np.stack([_NORM_LUT[c][a[..., c]] for c in range(3)])
-        return dict(pixel_values=torch.from_numpy(px),
+        return dict(pixel_values=torch.from_numpy(_lut_normalize(a)),
                     mask=torch.from_numpy(self.masks[i].astype(np.float32)), prompt=self.ds.pick_prompt(i),
                     orig_size=self.orig_size[i], img_name=r["img_name"], mask_name=r["mask_name"], index=i)
 
