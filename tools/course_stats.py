@@ -12,8 +12,10 @@ Definitions (so the figures can be checked):
   not run: exported names never mentioned in a non-export *code* cell (no demonstration or test calls them).
 - reading minutes: prose words (markdown cells) at 200 words/min + code lines at 10 lines/min.
 - lesson / hood minutes: the same, split between the lesson flow and what is outside it: every cell from a
-  markdown heading that starts with "Under the hood" (e.g. `## Under the hood: resuming`) to the end of the
-  notebook, and every cell of an appendix notebook (its title, the first `# ` heading, starts with "Appendix").
+  markdown heading that starts with "Under the hood" (e.g. `## Under the hood: resuming`) up to the next heading
+  of the same or a higher level that is not itself "Under the hood" (e.g. a closing `## A run`, which a learner
+  reads), or to the end of the notebook; and every cell of an appendix notebook (its title, the first `# `
+  heading, starts with "Appendix").
   The course's reading time is the lesson minutes; the core lessons are 00-06. Long cells and untaught names are
   counted everywhere, lesson or not.
 """
@@ -23,13 +25,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORDS_PER_MIN, CODE_LINES_PER_MIN, LONG = 200, 10, 40
 DIRECTIVE = re.compile(r"^\s*#\s*\|")
-HOOD = re.compile(r"^\s*#{1,6}\s*under the hood", re.I | re.M)
+HOOD = re.compile(r"^\s*#{1,6}\s*under the hood", re.I)
+HEADING = re.compile(r"^\s*(#{1,6})\s")
 APPENDIX = re.compile(r"^\s*#\s+appendix", re.I)
 CORE = tuple(f"{i:02d}_" for i in range(7))
 
 def _src(cell) -> str:
     s = cell.get("source", "")
     return "".join(s) if isinstance(s, list) else s
+
+def _headings(src: str) -> list[str]:
+    "A markdown cell's heading lines, in order (lines inside ``` fences are not headings)."
+    out, fenced = [], False
+    for l in src.splitlines():
+        if l.lstrip().startswith("```"): fenced = not fenced
+        elif not fenced and HEADING.match(l): out.append(l)
+    return out
 
 def _is_export(src: str) -> bool:
     return any(re.match(r"^\s*#\s*\|\s*export", l) for l in src.splitlines())
@@ -62,7 +73,10 @@ def stats(path: Path) -> dict:
     appendix, hood, lesson_min, hood_min = bool(APPENDIX.match(title)), False, 0.0, 0.0
     for c in cells:
         src = _src(c)
-        if c["cell_type"] == "markdown" and HOOD.search(src): hood = True
+        for line in (_headings(src) if c["cell_type"] == "markdown" else []):
+            level = len(HEADING.match(line).group(1))
+            if HOOD.match(line): hood = min(hood or 7, level)         # the hood's level (1-6); False: lesson
+            elif hood and level <= hood: hood = False                 # a heading above or beside it ends it
         m = len(src.split()) / WORDS_PER_MIN if c["cell_type"] == "markdown" else _code_lines(src) / CODE_LINES_PER_MIN
         if appendix or hood: hood_min += m
         else: lesson_min += m
