@@ -105,8 +105,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(h for _, h in COLS) + " |", "|" + "|".join("---" if k == "notebook" else "---:" for k, _ in COLS) + "|"]
     name = lambda r: r["notebook"] + (" (appendix)" if r.get("appendix") else "")
     lines += ["| " + " | ".join(name(r) if k == "notebook" else fmt(k, r[k]) for k, _ in COLS) + " |" for r in [*rows, tot]]
-    return "\n".join(lines) + (f"\n\nCourse (lesson flow) reading time: {tot['lesson_minutes'] / 60:.1f} h, core lessons 00-06: "
-                               f"{core / 60:.1f} h; under the hood and appendices: {tot['hood_minutes'] / 60:.1f} h; "
+    return "\n".join(lines) + (f"\n\nCourse (lesson flow) reading time: {tot['lesson_minutes'] / 60:.1f} h "
+                               f"({tot['lesson_minutes']:.1f} min), core lessons 00-06: {core / 60:.1f} h ({core:.1f} min); "
+                               f"under the hood and appendices: {tot['hood_minutes'] / 60:.1f} h; "
                                f"everything: {tot['minutes'] / 60:.1f} h ({WORDS_PER_MIN} prose words/min + "
                                f"{CODE_LINES_PER_MIN} code lines/min).")
 

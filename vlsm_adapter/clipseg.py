@@ -22,6 +22,7 @@ def rd64_refined_config(**kwargs) -> CLIPSegConfig:
     "Config of `CIDAS/clipseg-rd64-refined` (ViT-B/16, reduce_dim 64, refined transposed convolution)."
     return CLIPSegConfig(vision_config=dict(patch_size=16), use_complex_transposed_convolution=True, **kwargs)
 
+# %% ../nbs/01_clipseg.ipynb #52953a7d
 def tiny_config(width: int = 64, **kwargs) -> CLIPSegConfig:
     "A small CLIPSeg with the rd64-refined structure (extract layers 1,2,3 of 5) for CPU tests and the quickstart."
     text = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=4, num_attention_heads=4)
@@ -47,6 +48,7 @@ def stock_logits(model: CLIPSegForImageSegmentation, pixel_values: torch.Tensor,
     out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
     return out.logits.view(pixel_values.shape[0], *out.logits.shape[-2:])
 
+# %% ../nbs/01_clipseg.ipynb #cc60f83a
 def grad_report(model: nn.Module) -> dict[str, tuple[int, int]]:
     "For each top-level part: (parameter tensors that received a gradient, tensors in total)."
     parts = {"vision encoder": model.clip.vision_model, "text encoder": model.clip.text_model, "decoder": model.decoder}

@@ -180,6 +180,7 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     "The generator of item `index` in `epoch`: independent of call order, worker and process."
     return np.random.default_rng([abs(int(seed)), abs(int(epoch)), abs(int(index)), 0x51A5])
 
+# %% ../nbs/03_data.ipynb #52f1e560
 def check_prompt_arg(prompt: str) -> str:
     "`prompt` if it is `'random'` or a key `'pK'`, else a `ValueError`."
     if prompt != "random" and not (isinstance(prompt, str) and _PKEY.match(prompt)):
@@ -192,6 +193,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN, _STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 _SCALE = np.float32(1 / 255) / np.asarray(IMAGENET_STD, np.float32)    # x/255 -> (x/255 - mean)/std in one multiply-add
 _SHIFT = -np.asarray(IMAGENET_MEAN, np.float32) / np.asarray(IMAGENET_STD, np.float32)
+
+# %% ../nbs/03_data.ipynb #4068ca1e
 _NORM_LUT = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE + _SHIFT).T)   # (3, 256): the same values per 8-bit level
 
 def _lut_normalize(a: np.ndarray) -> np.ndarray:
@@ -216,11 +219,13 @@ def image_to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(a8, "L").convert("RGB")
     return image.convert("RGB")
 
+# %% ../nbs/03_data.ipynb #e3deb6e9
 def image_to_tensor(image: Image.Image, size: int = 352) -> torch.Tensor:
     "PIL image -> float32 (3, size, size): 8-bit RGB (`image_to_rgb`), bilinear resize (aspect not kept), [0, 1], ImageNet mean/std."
     a = np.asarray(image_to_rgb(image).resize((size, size), Image.BILINEAR), dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray((a * _SCALE + _SHIFT).transpose(2, 0, 1)))
 
+# %% ../nbs/03_data.ipynb #c882a037
 def denormalize(pixel_values: torch.Tensor) -> torch.Tensor:
     "Undo the ImageNet normalisation of `(..., 3, H, W)` values: back to [0, 1] (for plotting)."
     return (pixel_values * _STD.to(pixel_values) + _MEAN.to(pixel_values)).clamp(0, 1)
@@ -282,6 +287,26 @@ def mask_to_tensor(mask: np.ndarray, size: int = 352) -> torch.Tensor:
     im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((size, size), Image.NEAREST)
     return torch.from_numpy((np.asarray(im) > 127).astype(np.float32))
 
+# %% ../nbs/03_data.ipynb #cab60dcc
+def _check_prompt_key(records: list[dict], prompt: str, name: str, split: str) -> None:
+    "A `DatasetError` listing the records without the fixed prompt key `prompt` (nothing to check for `'random'`)."
+    if prompt == "random": return
+    missing = [Problem(name, split, i, None, f"prompt {prompt!r} not in this record (it has {', '.join(prompt_keys(r['prompts']))})")
+               for i, r in enumerate(records) if prompt not in r["prompts"]]
+    if missing: raise DatasetError(missing, header=f"{name}/{split}: unknown prompt key {prompt!r} in {len(missing)} record(s)")
+
+def _checked_index(i, n: int, name: str, split: str) -> int:
+    "Index `i` (negative counts from the end) into `n` records; an `IndexError` naming the dataset when out of range."
+    i = int(i)
+    if not -n <= i < n: raise IndexError(f"index {i} out of range for {name}/{split} with {n} records")
+    return i % n
+
+def _check_mask_size(ds, i: int, img: Image.Image, mask: np.ndarray) -> None:
+    "A `DatasetError` naming record `i`'s mask file when the mask's size is not its image's."
+    if mask.shape != (img.height, img.width):
+        raise DatasetError([ds.problem(i, ds.mask_path(i) if hasattr(ds, "mask_path") else None,
+                                       f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {img.width}x{img.height}")])
+
 # %% ../nbs/03_data.ipynb #fa799468
 class PromptedDataset(Dataset):
     "Base of the datasets here: records with prompts, seeded prompt choice, and item assembly from `load_image`/`load_mask`."
@@ -292,10 +317,7 @@ class PromptedDataset(Dataset):
         self.records, self.prompt, self.size, self.seed = records, check_prompt_arg(prompt), int(size), int(seed)
         if variant not in ("first", "random"): raise ValueError(f"variant must be 'first' or 'random', got {variant!r}")
         self.variant, self.epoch = variant, 0
-        if self.prompt != "random":
-            missing = [Problem(self.name, self.split, i, None, f"prompt {self.prompt!r} not in this record (it has {', '.join(prompt_keys(r['prompts']))})")
-                       for i, r in enumerate(self.records) if self.prompt not in r["prompts"]]
-            if missing: raise DatasetError(missing, header=f"{self.name}/{self.split}: unknown prompt key {self.prompt!r} in {len(missing)} record(s)")
+        _check_prompt_key(self.records, self.prompt, self.name, self.split)
 
     def __len__(self) -> int: return len(self.records)
 
@@ -313,10 +335,7 @@ class PromptedDataset(Dataset):
         return choose_prompt(self.records[i]["prompts"], self.prompt,
                              item_rng(self.seed, self.epoch if epoch is None else epoch, i), self.variant)
 
-    def _index(self, i) -> int:
-        i = int(i); n = len(self.records)
-        if not -n <= i < n: raise IndexError(f"index {i} out of range for {self.name}/{self.split} with {n} records")
-        return i % n
+    def _index(self, i) -> int: return _checked_index(i, len(self.records), self.name, self.split)
 
     def load_image(self, i: int) -> Image.Image: raise NotImplementedError
     def load_mask(self, i: int) -> np.ndarray: raise NotImplementedError
@@ -326,14 +345,13 @@ class PromptedDataset(Dataset):
 def __getitem__(self: PromptedDataset, i: int) -> dict[str, Any]:
     i = self._index(i)
     img, mask = self.load_image(i), self.load_mask(i)
-    if mask.shape != (img.height, img.width):
-        raise DatasetError([self.problem(i, self.mask_path(i) if hasattr(self, "mask_path") else None,
-                                         f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {img.width}x{img.height}")])
+    _check_mask_size(self, i, img, mask)
     r = self.records[i]
     return dict(pixel_values=image_to_tensor(img, self.size), mask=mask_to_tensor(mask, self.size),
                 prompt=self.pick_prompt(i), orig_size=(int(mask.shape[0]), int(mask.shape[1])),
                 img_name=r["img_name"], mask_name=r["mask_name"], index=i)
 
+# %% ../nbs/03_data.ipynb #94881469
 @patch
 def __repr__(self: PromptedDataset) -> str:
     return f"{type(self).__name__}({self.name!r}, {self.split!r}: {len(self)} records, prompt={self.prompt!r}, size={self.size}, seed={self.seed})"

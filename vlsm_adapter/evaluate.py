@@ -189,10 +189,7 @@ def _predict_split(model, ds, tok, dev, indices: list[int], batch_size: int, thr
                 gt = ds.load_mask(i)                                          # bool, original size
                 pred = predict_mask(probs[b], gt.shape, threshold)
                 rel = mask_png_name(batch["mask_name"][b])
-                if rel in written:
-                    raise ValueError(f"records {written[rel]} and {i} both map to predicted mask {rel} "
-                                     f"(mask names {ds.records[written[rel]]['mask_name']!r}, {batch['mask_name'][b]!r})")
-                written[rel] = i
+                _claim_png(written, rel, i, ds, batch["mask_name"][b])        # two records, one PNG: refused
                 write_mask_png(pred, out / "masks" / rel)
                 rows.append(dict(index=i, img_name=batch["img_name"][b], mask_name=batch["mask_name"][b],
                                  prompt=batch["prompt"][b], **score_pair(pred, gt), height=gt.shape[0], width=gt.shape[1],
@@ -266,6 +263,34 @@ def _eval_summary(info: dict, df: pd.DataFrame, ds, model, split: str, which: st
                    device=str(dev), seconds=time.time() - t0, train_config=tc)
     return _json_safe(summary)
 
+# %% ../nbs/06_evaluate.ipynb #bff49747
+def _claim_png(written: dict, rel: Path, i: int, ds, mask_name: str):
+    "Mark the predicted mask `rel` as written by record `i`; refuse a second record that maps to the same PNG."
+    if rel in written:
+        raise ValueError(f"records {written[rel]} and {i} both map to predicted mask {rel} "
+                         f"(mask names {ds.records[written[rel]]['mask_name']!r}, {mask_name!r})")
+    written[rel] = i
+
+def _eval_args(split, which, threshold, batch_size, limit) -> tuple[str, str]:
+    "`evaluate_run`'s arguments checked before anything is read; returns the split and `which`, normalised."
+    _check_eval_args(threshold, batch_size, limit)
+    return check_choice("split", split, SPLITS), check_choice("which", which, WHICH)
+
+def _eval_out_dir(run_dir, out_dir, split: str, which_used: str, prompt) -> Path:
+    "The evaluation folder (default `<run_dir>/eval-<split>-<which>[-<prompt>]`), emptied of an earlier evaluation."
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"eval-{split}-{which_used}{'-' + prompt if prompt else ''}"
+    _prepare_eval_dir(out)
+    return out
+
+def _write_eval(out: Path, df: pd.DataFrame, info: dict, *summary_args) -> dict:
+    "Write per_image.csv, then summary.json (`_eval_summary(info, df, *summary_args)`), then remove the marker."
+    with atomic_path(out / "per_image.csv") as tmp: df.to_csv(tmp, index=False)
+    summary = _eval_summary(info, df, *summary_args)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    (out / EVAL_MARKER).unlink(missing_ok=True)
+    return summary
+
+
 # %% ../nbs/06_evaluate.ipynb #2185d9f7
 def evaluate_run(run_dir: str | os.PathLike,          # a run folder written by `fit`
                  split: str = "test",                  # train | val | test
@@ -282,8 +307,7 @@ def evaluate_run(run_dir: str | os.PathLike,          # a run folder written by 
                  ) -> EvalResult:
     "Predict `split` with a run's adapter, write PNG masks at the original size, score them there, write CSV + summary."
     t0 = time.time()
-    _check_eval_args(threshold, batch_size, limit)
-    split, which = check_choice("split", split, SPLITS), check_choice("which", which, WHICH)
+    split, which = _eval_args(split, which, threshold, batch_size, limit)
     info = read_run(run_dir)
     with run_lock(info["path"], f"evaluating {split} ({which})"):   # one writer per run folder
         tc = info["train_config"]
@@ -292,15 +316,11 @@ def evaluate_run(run_dir: str | os.PathLike,          # a run folder written by 
         which_used = model.loaded_from.name
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(dev).eval()
-        out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"eval-{split}-{which_used}{'-' + prompt if prompt else ''}"
-        _prepare_eval_dir(out)
+        out = _eval_out_dir(run_dir, out_dir, split, which_used, prompt)      # emptied of an earlier evaluation
         indices = list(range(len(ds)))[: None if limit is None else int(limit)]
         df = _predict_split(model, ds, tok, dev, indices, batch_size, threshold, out,
                             f"{tc['dataset']} {split} ({which_used})", progress)
-        with atomic_path(out / "per_image.csv") as tmp: df.to_csv(tmp, index=False)
-        summary = _eval_summary(info, df, ds, model, split, which, threshold, limit, data_root, dev, run_dir, t0)
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-        (out / EVAL_MARKER).unlink(missing_ok=True)
+        summary = _write_eval(out, df, info, ds, model, split, which, threshold, limit, data_root, dev, run_dir, t0)
         return EvalResult(df, summary, out, ds)
 
 # %% ../nbs/06_evaluate.ipynb #8dfd1b5e

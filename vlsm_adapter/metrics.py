@@ -97,7 +97,7 @@ def score_pair(pred: Any, gt: Any) -> dict:
     c, rule = _counts(p, g), _empty_rule(p, g)
     return dict(dice=_dice(*c), iou=_iou(*c), hd95=_hd(p, g, 95.0, rule), empty_rule=rule)
 
-# %% ../nbs/04_metrics.ipynb #09a25fc9
+# %% ../nbs/04_metrics.ipynb #2b064ed9
 def _no_autocast(device_type: str):
     "Context that turns autocast off on `device_type` (where autocast exists)."
     return torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu", "mps", "xpu") else nullcontext()
@@ -105,6 +105,7 @@ def _no_autocast(device_type: str):
 def _check_batch(logits: torch.Tensor, target: torch.Tensor, who: str):
     if tuple(logits.shape) != tuple(target.shape) or logits.ndim < 2: _refuse_batch(logits, target, who)
 
+# %% ../nbs/04_metrics.ipynb #09a25fc9
 class DiceBCELoss(nn.Module):
     """`dice_weight`·soft Dice (on sigmoid probabilities, per image, mean over the batch) + `bce_weight`·BCE on logits.
     `forward(logits, target)`: both (B, H, W) (any (B, ...) works), target in {0, 1} (soft labels in [0, 1] work too).

@@ -33,6 +33,19 @@ def check_choice(kind: str, value, allowed) -> str:
         raise ValueError(f"Unknown {kind} {value!r}; allowed: {', '.join(map(repr, allowed))}.")
     return v
 
+# %% ../nbs/02_placement.ipynb #bd57d6fb
+def _check_shallow_text(dt: int, dp: int):
+    "Shallow text adapters are added to the conditional embedding: text width and projection width must agree."
+    if dt != dp:
+        raise ValueError(f"Shallow text adapters add the text hidden state ({dt}-d) to the conditional "
+                         f"embedding ({dp}-d); they need text hidden_size == projection_dim.")
+
+def _check_forward_inputs(pixel_values, input_ids):
+    "`forward` needs images and prompts, one prompt per image."
+    if pixel_values is None or input_ids is None: raise ValueError("forward needs pixel_values and input_ids")
+    if pixel_values.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"{pixel_values.shape[0]} images but {input_ids.shape[0]} prompts: give one prompt per image.")
+
 # %% ../nbs/02_placement.ipynb #daac9539
 class VLSMAdapter(nn.Module):
     "A frozen CLIPSeg with VLSM adapters (or an E2E / decoder-only baseline). `forward` returns logits (B, H, W)."
@@ -82,9 +95,7 @@ def _add_adapters(self: VLSMAdapter):
     if self.method == "shallow":     # one adapter per decoder skip; text: one per extract layer, added to cond
         self.vision_adapters = nn.ModuleList([mk(dv, self.adapter_dim) for _ in self.extract_layers])
         if self.variant in ("vl", "vlc"):
-            if dt != dp:
-                raise ValueError(f"Shallow text adapters add the text hidden state ({dt}-d) to the conditional "
-                                 f"embedding ({dp}-d); they need text hidden_size == projection_dim.")
+            _check_shallow_text(dt, dp)
             self.text_adapters = nn.ModuleList([mk(dt, self.adapter_dim) for _ in self.extract_layers])
     elif self.method == "dense":     # an (attn, mlp) pair in blocks 0 .. max(extract_layers)-1, as the official code
         n_blocks = max(self.extract_layers)
@@ -215,9 +226,7 @@ def forward(self: VLSMAdapter, pixel_values: torch.Tensor | None = None, input_i
     keeps wrappers such as DistributedDataParallel in the loop)."""
     if image_feats is not None or text_feats is not None:    # from cached features: see below
         return self._forward_cached(pixel_values, input_ids, attention_mask, image_feats, text_feats)
-    if pixel_values is None or input_ids is None: raise ValueError("forward needs pixel_values and input_ids")
-    if pixel_values.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"{pixel_values.shape[0]} images but {input_ids.shape[0]} prompts: give one prompt per image.")
+    _check_forward_inputs(pixel_values, input_ids)
     if self.features_cacheable:
         return self.forward_features(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask))
     acts = self._vision(pixel_values)

@@ -84,6 +84,29 @@ def check_images(paths: Sequence[Path]) -> None:
         stems.setdefault(p.stem, p)
     if probs: raise ValueError(f"{len(probs)} problem(s) with the images:\n  " + "\n  ".join(probs))
 
+def _checked_images(images, prompt, batch_size, threshold) -> list[Path]:
+    "`predict_images`' argument checks, then its images found (`find_images`) and checked (`check_images`)."
+    if not 0 < float(threshold) < 1: raise ValueError(f"threshold is a probability in (0, 1), got {threshold!r}")
+    if int(batch_size) <= 0: raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+    if not isinstance(prompt, str): raise TypeError(f"prompt must be a string (the text, e.g. 'one small polyp'), got {type(prompt).__name__}")
+    paths = find_images(images)
+    check_images(paths)
+    return paths
+
+def _make_out(out_dir, overlay: bool) -> Path:
+    out = Path(out_dir); (out / "masks").mkdir(parents=True, exist_ok=True)
+    if overlay: (out / "overlays").mkdir(exist_ok=True)
+    return out
+
+def _write_overlay(image: Image.Image, m: np.ndarray, op: Path) -> str:
+    with atomic_path(op) as tmp: Image.fromarray(overlay_mask(image, m)).save(tmp, format="PNG")
+    return str(op)
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+
 # %% ../nbs/12_predict.ipynb #db47b17f
 def predict_batch(model, tokenizer, images: Sequence[Image.Image], prompt: str, size: int) -> torch.Tensor:
     "Probabilities (B, size, size) for RGB `images` with one `prompt` (no gradients; on the model's device)."
@@ -99,10 +122,7 @@ def save_prediction(prob: torch.Tensor, image: Image.Image, path: Path, out: Pat
     m = predict_mask(prob, (image.height, image.width), threshold)
     row = dict(image=str(path), mask=str(write_mask_png(m, out / "masks" / f"{path.stem}.png")),
                width=image.width, height=image.height, foreground=float(m.mean()))
-    if overlay:
-        op = out / "overlays" / f"{path.stem}.png"
-        with atomic_path(op) as tmp: Image.fromarray(overlay_mask(image, m)).save(tmp, format="PNG")
-        row["overlay"] = str(op)
+    if overlay: row["overlay"] = _write_overlay(image, m, out / "overlays" / f"{path.stem}.png")
     return row
 
 # %% ../nbs/12_predict.ipynb #344c16b1
@@ -118,14 +138,9 @@ def predict_images(adapter: str | os.PathLike,             # a run folder (uses 
                    image_size: int | None = None,          # model input side; default the run's
                    progress: bool = True) -> list[dict]:
     "Predict a mask for every image with one prompt; write 0/255 PNG masks at the original sizes. Returns one row per image."
-    if not 0 < float(threshold) < 1: raise ValueError(f"threshold is a probability in (0, 1), got {threshold!r}")
-    if int(batch_size) <= 0: raise ValueError(f"batch_size must be positive, got {batch_size!r}")
-    if not isinstance(prompt, str): raise TypeError(f"prompt must be a string (the text, e.g. 'one small polyp'), got {type(prompt).__name__}")
-    paths = find_images(images)
-    check_images(paths)
+    paths = _checked_images(images, prompt, batch_size, threshold)
     model, tok, size, folder = load_predictor(adapter, base, device, image_size)
-    out = Path(out_dir); (out / "masks").mkdir(parents=True, exist_ok=True)
-    if overlay: (out / "overlays").mkdir(exist_ok=True)
+    out = _make_out(out_dir, overlay)
     rows, bs = [], int(batch_size)
     bar = tqdm(total=len(paths), desc=f"predict ({folder.parent.name}/{folder.name})", disable=not progress, dynamic_ncols=True)
     for s in range(0, len(paths), bs):
@@ -135,9 +150,7 @@ def predict_images(adapter: str | os.PathLike,             # a run folder (uses 
         rows += [save_prediction(pr, im, p, out, threshold, overlay) for p, im, pr in zip(chunk, ims, probs)]
         bar.update(len(chunk))
     bar.close()
-    with atomic_path(out / "predictions.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+    _write_csv(out / "predictions.csv", rows)
     return rows
 
 # %% ../nbs/12_predict.ipynb #12c5cd9f

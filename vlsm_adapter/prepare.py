@@ -87,17 +87,14 @@ DESCRIBED_TEMPLATES: dict[str, str] = {
 EMPTY_TEMPLATE = "no {name}"
 "Every prompt of an image whose mask is empty."
 
+# %% ../nbs/11_prepare.ipynb #0bd0e46d
 def _fill(template: str, words: Mapping[str, Any], where: str) -> str:
     try: return " ".join(template.format(**words).split())
     except (KeyError, IndexError) as e:
         raise ValueError(f"prompt template {template!r} ({where}) uses an unknown field {e}; fields: {', '.join(sorted(words))}") from None
 
-# %% ../nbs/11_prepare.ipynb #b5336206
-def make_prompts(words: Mapping[str, Any], name: str, templates: Mapping[str, str] | Sequence[str] | None = None,
-                 descriptions: Sequence[str] | None = None, plural: str | None = None,
-                 empty: str = EMPTY_TEMPLATE) -> dict[str, str | list[str]]:
-    """Prompts {p0: '', p1..pN} for a mask described by `words` (`describe_mask`). `templates`: a dict key -> format
-    string, or a list (becomes p1..pN), default `DEFAULT_TEMPLATES`; `descriptions` add `DESCRIBED_TEMPLATES` as lists."""
+def _check_templates(name: str, templates: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+    "The templates as a dict p1..pN (default `DEFAULT_TEMPLATES`; a list becomes p1..pN), after checking `name` and the keys."
     if not name or not str(name).strip(): raise ValueError("the class name (name=...) must be a non-empty string")
     if templates is None: templates = dict(DEFAULT_TEMPLATES)
     elif not isinstance(templates, Mapping): templates = {f"p{i + 1}": t for i, t in enumerate(templates)}
@@ -105,6 +102,15 @@ def make_prompts(words: Mapping[str, Any], name: str, templates: Mapping[str, st
     if "p0" in templates: raise ValueError("p0 is always the empty prompt: start the templates at p1")
     for k in templates:
         if not (k[:1] == "p" and k[1:].isdigit()): raise ValueError(f"template keys must be p1, p2, ..., got {k!r}")
+    return templates
+
+# %% ../nbs/11_prepare.ipynb #b5336206
+def make_prompts(words: Mapping[str, Any], name: str, templates: Mapping[str, str] | Sequence[str] | None = None,
+                 descriptions: Sequence[str] | None = None, plural: str | None = None,
+                 empty: str = EMPTY_TEMPLATE) -> dict[str, str | list[str]]:
+    """Prompts {p0: '', p1..pN} for a mask described by `words` (`describe_mask`). `templates`: a dict key -> format
+    string, or a list (becomes p1..pN), default `DEFAULT_TEMPLATES`; `descriptions` add `DESCRIBED_TEMPLATES` as lists."""
+    templates = _check_templates(name, templates)
     w = dict(words, name=name, names=(plural or f"{name}s") if words.get("n", 1) > 1 else name)
     out: dict[str, str | list[str]] = {"p0": ""}
     if words.get("n", 1) == 0:
@@ -208,16 +214,22 @@ def check_pairs(pairs: Sequence[tuple[Path, Path]]) -> list[np.ndarray]:
     if probs: raise PrepareError(probs, f"{len(pairs)} image/mask pairs checked")
     return masks
 
-# %% ../nbs/11_prepare.ipynb #c1e4b629
-SPLITS = ("train", "val", "test")
-
-def split_indices(n: int, split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list[int]]:
-    "Indices 0..n-1 shuffled with `seed` and cut into train/val/test by the fractions `split` (summing to 1)."
+# %% ../nbs/11_prepare.ipynb #dc8b047f
+def _check_split(n: int, split: Sequence[float]) -> list[float]:
+    "The fractions `split` as floats, after checking them and that `n` images can fill the non-empty splits."
     fr = [float(x) for x in split]
     if len(fr) != 3 or any(x < 0 for x in fr) or abs(sum(fr) - 1) > 1e-6:
         raise ValueError(f"split must be three non-negative fractions (train, val, test) summing to 1, got {tuple(split)}")
     need = sum(x > 0 for x in fr)
     if n < need: raise ValueError(f"{n} image(s) cannot fill {need} non-empty splits {tuple(split)}")
+    return fr
+
+# %% ../nbs/11_prepare.ipynb #c1e4b629
+SPLITS = ("train", "val", "test")
+
+def split_indices(n: int, split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list[int]]:
+    "Indices 0..n-1 shuffled with `seed` and cut into train/val/test by the fractions `split` (summing to 1)."
+    fr = _check_split(n, split)
     sizes = [int(round(n * x)) if x > 0 else 0 for x in fr[1:]]
     sizes = [max(s, 1) if x > 0 else 0 for s, x in zip(sizes, fr[1:])]
     n_train = n - sum(sizes)
@@ -257,6 +269,17 @@ def write_layout(out: Path, pairs, masks, recs: list[dict], parts: dict[str, lis
         Image.fromarray(m.astype(np.uint8) * 255).save(out / "masks" / r["mask_name"], format="PNG")
     for sp, idx in parts.items(): atomic_write_text(out / "anns" / f"{sp}.json", json.dumps([recs[i] for i in idx], indent=1))
 
+# %% ../nbs/11_prepare.ipynb #cdd8cce7
+def _write_prepared(out: Path, parts: dict[str, list[int]], given, name, class_name, images_dir, masks_dir, mask_suffix,
+                    prompts_csv, template, descriptions, split, seed, mode) -> None:
+    "Record how the dataset was made in `out/prepared.json` (`PREPARED_FILE`), which 03_data's `register_prepared` reads."
+    tpl = None if given is not None else dict(template) if isinstance(template, Mapping) else list(template) if template else DEFAULT_TEMPLATES
+    atomic_write_text(out / PREPARED_FILE, json.dumps(dict(
+        name=name, folder=out.name, class_name=class_name or name, images_dir=str(Path(images_dir).resolve()),
+        masks_dir=str(Path(masks_dir).resolve()), mask_suffix=mask_suffix, prompts=str(prompts_csv) if given is not None else "templates",
+        templates=tpl, descriptions=list(descriptions or []), split=list(split), seed=seed, mode=mode,
+        counts={sp: len(v) for sp, v in parts.items()}), indent=1))
+
 # %% ../nbs/11_prepare.ipynb #7bae95f1
 def _check_prompts_cover(pairs, given: Mapping, csv_path):
     miss = [str(ip) for ip, _ in pairs if ip.stem not in given]
@@ -264,6 +287,12 @@ def _check_prompts_cover(pairs, given: Mapping, csv_path):
     if miss or extra:
         raise PrepareError([f"{m}: no row in {csv_path}" for m in miss] + [f"{csv_path}: row {s!r} has no image" for s in extra],
                            f"prompts CSV {csv_path} does not match the images")
+
+def _read_given(prompts_csv, pairs) -> dict | None:
+    "The prompts CSV (`read_prompts_csv`), checked to cover exactly the images; None without a CSV."
+    given = read_prompts_csv(prompts_csv) if prompts_csv is not None else None
+    if given is not None: _check_prompts_cover(pairs, given, prompts_csv)
+    return given
 
 def _check_target(name: str, folder: str | None, mode: str, out_root, overwrite: bool) -> Path:
     if not isinstance(name, str) or not name.strip() or name.strip().lower() in GENERATED:
@@ -300,17 +329,12 @@ def prepare_dataset(images_dir: str | os.PathLike,           # folder of images
     out = _check_target(name, folder, mode, out_root, overwrite)
     pairs = pair_files(images_dir, masks_dir, mask_suffix)
     masks = check_pairs(pairs)
-    given = read_prompts_csv(prompts_csv) if prompts_csv is not None else None
-    if given is not None: _check_prompts_cover(pairs, given, prompts_csv)
+    given = _read_given(prompts_csv, pairs)
     recs = make_records(pairs, masks, class_name or name, given, template, descriptions, plural)
     parts = split_indices(len(recs), split, seed)
     write_layout(out, pairs, masks, recs, parts, mode)
-    tpl = None if given is not None else dict(template) if isinstance(template, Mapping) else list(template) if template else DEFAULT_TEMPLATES
-    atomic_write_text(out / PREPARED_FILE, json.dumps(dict(
-        name=name, folder=out.name, class_name=class_name or name, images_dir=str(Path(images_dir).resolve()),
-        masks_dir=str(Path(masks_dir).resolve()), mask_suffix=mask_suffix, prompts=str(prompts_csv) if given is not None else "templates",
-        templates=tpl, descriptions=list(descriptions or []), split=list(split), seed=seed, mode=mode,
-        counts={sp: len(v) for sp, v in parts.items()}), indent=1))
+    _write_prepared(out, parts, given, name, class_name, images_dir, masks_dir, mask_suffix, prompts_csv, template,
+                    descriptions, split, seed, mode)
     register_dataset(name, out.name)
     validate(name, root=out_root, decode=True)
     return out

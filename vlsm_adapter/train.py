@@ -33,8 +33,8 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 # %% ../nbs/05_train.ipynb #97a5e797
 @dataclass
-class TrainConfig:
-    "Everything a training run depends on. `None` fields are resolved to their documented defaults by `resolved()`."
+class _TrainRecipe:
+    "`TrainConfig`'s first fields: the recipe. `TrainConfig` (under the hood) adds the run options."
     dataset: str = "synthetic-us"       # a registry name (kvasir, bkai, clinicdb, isic16, dfu, camus, busi, chexlocalize) or a generated one ("synthetic-us", "synthetic")
     data_root: str | None = None        # folder holding <dataset folder>/{images,masks,anns}; default $VLSM_DATA or data/
     model: str | None = None            # hub id, local folder, "random", "tiny" or "tiny-pretrained"; default "tiny-pretrained" for the generated datasets, else CIDAS/clipseg-rd64-refined
@@ -54,6 +54,11 @@ class TrainConfig:
     prompt: str = "random"              # training prompt choice: "random" or a fixed key such as "p6"
     val_prompt: str | None = None       # validation prompt choice; default: same as `prompt` (one fixed draw per image)
     image_size: int | None = None       # default 352 (the paper); 160 for the generated datasets (the size tiny-pretrained learned at)
+
+# %% ../nbs/05_train.ipynb #8f70b699
+@dataclass
+class TrainConfig(_TrainRecipe):
+    "Everything a training run depends on. `None` fields are resolved to their documented defaults by `resolved()`."
     out_dir: str | None = None          # default runs/<dataset>-<method>-<variant>-seed<seed>
     limit_batches: int | None = None    # cap batches per epoch (train and val) for a quick look
     synthetic_n: int | None = None      # synthetic dataset only: images per split (train; val/test get a quarter)
@@ -126,11 +131,7 @@ def _train_step(r: SimpleNamespace, batch: dict, epoch: int, k: int) -> tuple[to
     "One optimiser step on `batch` (batch `k` of `epoch`): the loss and the batch's target."
     logits, target = _run_model(r, batch, "train")
     loss = r.loss_fn(logits, target)
-    if not torch.isfinite(loss):
-        names = list(batch.get("img_name", []))[:4]
-        raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {r.state['global_step'] + 1} "
-                                 f"(batch {k} of the epoch; images {names}). Try a lower lr, precision='no', "
-                                 "or check these images.")
+    _check_finite(r, loss, batch, epoch, k)                 # a non-finite loss stops the run, naming the images
     r.opt.zero_grad(set_to_none=True)
     r.acc.backward(loss)
     if r.cfg.grad_clip: r.acc.clip_grad_norm_(r.trainable, r.cfg.grad_clip)
@@ -140,23 +141,18 @@ def _train_step(r: SimpleNamespace, batch: dict, epoch: int, k: int) -> tuple[to
 # %% ../nbs/05_train.ipynb #8f0de494
 def _train_epoch(r: SimpleNamespace, epoch: int) -> dict:
     "Train one epoch (from the checkpoint's position when resuming into it); the loss and the timing."
-    cfg, state = r.cfg, r.state
+    cfg = r.cfg
     r.model.train()
     order = torch.randperm(len(r.train_ds), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     order = order[: r.n_train_batches * cfg.batch_size]
-    skip = state["step_in_epoch"] if r.resumed is not None and epoch == state["epoch"] + 1 else 0
-    loss_sum, n_seen = (state["partial"] or (0.0, 0)) if skip else (0.0, 0)
+    skip, loss_sum, n_seen = _resume_point(r, epoch)       # a resumed run: batches done in this epoch, their loss
     t0, n_img = time.time(), 0
-    bar = tqdm(total=r.n_train_batches, initial=skip, desc=f"epoch {epoch}/{cfg.max_epochs}",
-               disable=not (r.main and cfg.progress), leave=False, dynamic_ncols=True)
+    bar = _progress_bar(r, epoch, skip)
     for k, batch in enumerate(_limited(_batches(r, r.train_ds, "train", order, epoch, skip), r.n_train_batches - skip), start=skip):
         loss, target = _train_step(r, batch, epoch, k)
         bsz = target.shape[0]
         loss_sum += loss.item() * bsz; n_seen += bsz; n_img += bsz
-        state["global_step"] += 1
-        bar.update(1); bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", img_s=f"{n_img / (time.time() - t0):.1f}")
-        if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0 and k + 1 < r.n_train_batches:
-            _checkpoint(r, epoch - 1, k + 1, (loss_sum, n_seen))
+        _after_step(r, bar, epoch, k, loss_sum, n_seen, n_img, t0)   # step count, progress bar, mid-epoch checkpoint
     bar.close()
     return dict(train_loss=loss_sum / max(n_seen, 1), t0=t0, n_img=n_img, train_time=time.time() - t0)
 
@@ -220,22 +216,15 @@ def fit(cfg: TrainConfig | None = None, **overrides) -> FitResult:
     with run_lock(cfg.out_dir, "training"): return _fit(cfg)
 
 def _fit(cfg: TrainConfig) -> FitResult:
-    out, ckpt = prepare_out_dir(cfg)
-    acc = make_accelerator(cfg.precision, cfg.method)
-    say = (lambda *a: print(*a, flush=True)) if acc.is_main_process else (lambda *a: None)
-    train_ds, val_ds = _datasets(cfg)                       # every file checked before a model is loaded
-    r = _build(cfg, acc)
-    r.__dict__.update(out=out, main=acc.is_main_process, say=say, train_ds=train_ds, val_ds=val_ds)
-    _start(r, ckpt)                                         # feature cache, fresh or resumed state, config.json
+    r, ckpt = _setup(cfg)      # run folder, devices, checked data, `_build`'s parts, fresh or resumed state
     # an early stop is a decision stored in the checkpoint: a restart after it finishes the run without training on
     for epoch in range(r.state["epoch"] + 1, cfg.max_epochs + 1 if not r.state["stopped_early"] else 0):
         tr = _train_epoch(r, epoch)
         row, improved = _end_epoch(r, epoch, tr, _validate(r))
         _save_epoch(r, epoch, improved)                     # adapters, metrics.csv, curves.png, checkpoint
-        say(f"epoch {epoch:3d}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  Dice {row['val_dice']:6.2f}  "
-            f"IoU {row['val_iou']:6.2f}  lr {row['lr']:.1e}  {row['epoch_time_s']:.1f}s{'  *' if improved else ''}")
+        _say_epoch(r, epoch, row, improved)                 # the log line: losses, Dice, IoU, lr, time
         if r.state["stopped_early"]:
-            say(f"early stop: no validation Dice gain > {cfg.min_delta} for {cfg.patience} epochs"); break
+            r.say(f"early stop: no validation Dice gain > {cfg.min_delta} for {cfg.patience} epochs"); break
     return _finish(r, ckpt)
 
 # %% ../nbs/05_train.ipynb #cc4e3bb5
@@ -576,6 +565,52 @@ def _finish(r: SimpleNamespace, ckpt: dict | None) -> FitResult:
     r.acc.wait_for_everyone()
     return FitResult(r.out, hist, state["best_epoch"], state["best_dice"], r.trivial, state["stopped_early"],
                      None if ckpt is None else ckpt["state"]["epoch"], r.params)
+
+# %% ../nbs/05_train.ipynb #6a95400e
+def _setup(cfg: TrainConfig) -> tuple[SimpleNamespace, dict | None]:
+    "Run folder (fresh, resumed or refused), accelerator, checked data, `_build`'s parts, fresh or resumed state."
+    out, ckpt = prepare_out_dir(cfg)
+    acc = make_accelerator(cfg.precision, cfg.method)
+    say = (lambda *a: print(*a, flush=True)) if acc.is_main_process else (lambda *a: None)
+    train_ds, val_ds = _datasets(cfg)                       # every file checked before a model is loaded
+    r = _build(cfg, acc)
+    r.__dict__.update(out=out, main=acc.is_main_process, say=say, train_ds=train_ds, val_ds=val_ds)
+    _start(r, ckpt)                                         # feature cache, fresh or resumed state, config.json
+    return r, ckpt
+
+def _check_finite(r: SimpleNamespace, loss: torch.Tensor, batch: dict, epoch: int, k: int):
+    "Stop on a non-finite loss, naming the epoch, the step and the batch's first images."
+    if not torch.isfinite(loss):
+        names = list(batch.get("img_name", []))[:4]
+        raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {r.state['global_step'] + 1} "
+                                 f"(batch {k} of the epoch; images {names}). Try a lower lr, precision='no', "
+                                 "or check these images.")
+
+def _resume_point(r: SimpleNamespace, epoch: int) -> tuple:
+    "Resuming into `epoch`: the batches already trained, their loss sum and image count (else 0, 0.0, 0)."
+    state = r.state
+    skip = state["step_in_epoch"] if r.resumed is not None and epoch == state["epoch"] + 1 else 0
+    loss_sum, n_seen = (state["partial"] or (0.0, 0)) if skip else (0.0, 0)
+    return skip, loss_sum, n_seen
+
+def _progress_bar(r: SimpleNamespace, epoch: int, skip: int):
+    "The epoch's progress bar (main process, `progress=True`)."
+    cfg = r.cfg
+    return tqdm(total=r.n_train_batches, initial=skip, desc=f"epoch {epoch}/{cfg.max_epochs}",
+                disable=not (r.main and cfg.progress), leave=False, dynamic_ncols=True)
+
+def _after_step(r: SimpleNamespace, bar, epoch: int, k: int, loss_sum: float, n_seen: int, n_img: int, t0: float):
+    "Count the step, update the progress bar, checkpoint mid-epoch every `checkpoint_every` steps."
+    cfg, state = r.cfg, r.state
+    state["global_step"] += 1
+    bar.update(1); bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", img_s=f"{n_img / (time.time() - t0):.1f}")
+    if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0 and k + 1 < r.n_train_batches:
+        _checkpoint(r, epoch - 1, k + 1, (loss_sum, n_seen))
+
+def _say_epoch(r: SimpleNamespace, epoch: int, row: dict, improved: bool):
+    "The epoch's log line."
+    r.say(f"epoch {epoch:3d}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  Dice {row['val_dice']:6.2f}  "
+          f"IoU {row['val_iou']:6.2f}  lr {row['lr']:.1e}  {row['epoch_time_s']:.1f}s{'  *' if improved else ''}")
 
 # %% ../nbs/05_train.ipynb #0573758e
 def plot_history(history: pd.DataFrame, trivial: dict | None = None, title: str = ""):

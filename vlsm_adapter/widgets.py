@@ -99,17 +99,22 @@ class DemoSession:
         self._base_id = 0
         self.set_base(base)
 
-    def _say(self, msg: str):
-        if self.verbose: print(msg)
 
-    def describe(self) -> str:
-        "One line: base model and adapter in use."
-        if self.adapter_folder is None: return f"base {self.base_name!r}, no adapter"
-        c, f = self.adapter_config, Path(self.adapter_folder)
-        return (f"base {self.base_name!r} + {c.get('method')}{'-' + c['variant'] if c.get('variant') else ''} "
-                f"adapter {f.parent.name}/{f.name}")
+# %% ../nbs/07_demo.ipynb #bc3325dd
+@patch
+def _say(self: DemoSession, msg: str):
+    if self.verbose: print(msg)
 
-    def __repr__(self) -> str: return f"DemoSession({self.describe()})"
+@patch
+def describe(self: DemoSession) -> str:
+    "One line: base model and adapter in use."
+    if self.adapter_folder is None: return f"base {self.base_name!r}, no adapter"
+    c, f = self.adapter_config, Path(self.adapter_folder)
+    return (f"base {self.base_name!r} + {c.get('method')}{'-' + c['variant'] if c.get('variant') else ''} "
+            f"adapter {f.parent.name}/{f.name}")
+
+@patch
+def __repr__(self: DemoSession) -> str: return f"DemoSession({self.describe()})"
 
 # %% ../nbs/07_demo.ipynb #ac857ff6
 @patch
@@ -207,21 +212,25 @@ def _read_adapter(self: DemoSession, folder: Path, cfg: dict, key) -> tuple[VLSM
     while len(self._kept) > max(self.keep_adapters, 0): self._kept.popitem(last=False)
     return model, "read from disk"
 
-# %% ../nbs/07_demo.ipynb #5313cba4
+# %% ../nbs/07_demo.ipynb #ff6cdb31
 def image_digest(image: Image.Image) -> str:
     "A content hash of a PIL image (mode, size, pixels): the cache key of `DemoSession.predict`."
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{image.mode}{image.size}".encode()); h.update(image.tobytes())
     return h.hexdigest()
 
+def _check_image_prompt(image, prompt):
+    if not isinstance(image, Image.Image): raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
+    if not isinstance(prompt, str): raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+
+# %% ../nbs/07_demo.ipynb #5313cba4
 @patch
 @torch.inference_mode()
 def predict(self: DemoSession, image: Image.Image, prompt: str) -> np.ndarray:
     """Probability map float32 (H, W) in [0, 1] at `image`'s original size (sigmoid at the model's resolution,
     then bilinear resize). The last (image, prompt, base, adapter) result is cached: calling again with the same
     arguments (e.g. after moving the threshold) returns it without running the model."""
-    if not isinstance(image, Image.Image): raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
-    if not isinstance(prompt, str): raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    _check_image_prompt(image, prompt)
     key = (image_digest(image), prompt, self._base_id, self.adapter_key, self.image_size)
     if self._last is not None and self._last[0] == key:
         self.cache_hits += 1
