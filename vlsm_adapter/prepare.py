@@ -270,8 +270,8 @@ def write_layout(out: Path, pairs, masks, recs: list[dict], parts: dict[str, lis
     for sp, idx in parts.items(): atomic_write_text(out / "anns" / f"{sp}.json", json.dumps([recs[i] for i in idx], indent=1))
 
 # %% ../nbs/11_prepare.ipynb #cdd8cce7
-def _write_prepared(out: Path, parts: dict[str, list[int]], given, name, class_name, images_dir, masks_dir, mask_suffix,
-                    prompts_csv, template, descriptions, split, seed, mode) -> None:
+def _write_prepared(out: Path, parts: dict[str, list[int]], given, *, name, class_name, images_dir, masks_dir,
+                    mask_suffix, prompts_csv, template, descriptions, split, seed, mode) -> None:
     "Record how the dataset was made in `out/prepared.json` (`PREPARED_FILE`), which 03_data's `register_prepared` reads."
     tpl = None if given is not None else dict(template) if isinstance(template, Mapping) else list(template) if template else DEFAULT_TEMPLATES
     atomic_write_text(out / PREPARED_FILE, json.dumps(dict(
@@ -333,8 +333,9 @@ def prepare_dataset(images_dir: str | os.PathLike,           # folder of images
     recs = make_records(pairs, masks, class_name or name, given, template, descriptions, plural)
     parts = split_indices(len(recs), split, seed)
     write_layout(out, pairs, masks, recs, parts, mode)
-    _write_prepared(out, parts, given, name, class_name, images_dir, masks_dir, mask_suffix, prompts_csv, template,
-                    descriptions, split, seed, mode)
+    _write_prepared(out, parts, given, name=name, class_name=class_name, images_dir=images_dir, masks_dir=masks_dir,
+                    mask_suffix=mask_suffix, prompts_csv=prompts_csv, template=template, descriptions=descriptions,
+                    split=split, seed=seed, mode=mode)
     register_dataset(name, out.name)
     validate(name, root=out_root, decode=True)
     return out
